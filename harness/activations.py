@@ -1,0 +1,129 @@
+"""Activations f(z): ``value(z)``, elementwise ``derivative(z)`` and ``vjp(z, g)`` = J_f(z)ᵀ g.
+
+``derivative`` is the elementwise f′ that Nielsen's rule multiplies by. For an elementwise f it *is* the
+Jacobian's diagonal and the Jacobian is diagonal. For softmax it is only the diagonal s(1 − s) of a full
+Jacobian, J = diag(s) − s sᵀ; ``vjp`` uses the full Jacobian, so it is the true chain rule for every f.
+All functions work on arrays of shape (n, k) and are stable for |z| up to 1e3 (no overflow warnings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.registry import Registry
+
+
+class Activation:
+    """An activation function with its derivative and vector-Jacobian product."""
+
+    name: str = ""
+    elementwise: bool = True
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        """Elementwise f′(z) (for softmax: the Jacobian's diagonal)."""
+        raise NotImplementedError
+
+    def vjp(self, z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """J_f(z)ᵀ g per sample; for elementwise f this is g ⊙ f′(z)."""
+        return g * self.derivative(z)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Sigmoid(Activation):
+    r"""Logistic sigmoid.
+
+    .. math:: \sigma(z) = \frac{1}{1 + e^{-z}}, \qquad \sigma'(z) = \sigma(z)\,(1 - \sigma(z))
+              = \sigma(z)\,\sigma(-z)
+    """
+
+    name = "sigmoid"
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        # e^{-|z|} never overflows; pick the algebraically equal form by the sign of z.
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        # σ(z)σ(−z) = e^{-|z|} / (1 + e^{-|z|})² keeps full precision when σ(z) rounds to 1.
+        e = np.exp(-np.abs(z))
+        return e / (1.0 + e) ** 2
+
+
+class Tanh(Activation):
+    r"""Hyperbolic tangent.
+
+    .. math:: \tanh'(z) = 1 - \tanh^2(z) = \frac{4 e^{-2|z|}}{(1 + e^{-2|z|})^2}
+    """
+
+    name = "tanh"
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return np.tanh(z)
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        e = np.exp(-2.0 * np.abs(z))
+        return 4.0 * e / (1.0 + e) ** 2
+
+
+class Identity(Activation):
+    r"""Identity (linear output): f(z) = z, f′(z) = 1."""
+
+    name = "identity"
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return z
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        return np.ones_like(z)
+
+    def vjp(self, z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return g
+
+
+class Relu(Activation):
+    r"""Rectifier (hidden layers only): f(z) = max(0, z), f′(z) = 1[z > 0] (0 at z = 0)."""
+
+    name = "relu"
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0.0)
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        return (z > 0).astype(z.dtype)
+
+
+class Softmax(Activation):
+    r"""Softmax over the last axis (a probability vector per sample).
+
+    .. math:: s_i = \frac{e^{z_i}}{\sum_j e^{z_j}}, \qquad
+              J_{ij} = \frac{\partial s_i}{\partial z_j} = s_i(\delta_{ij} - s_j), \qquad
+              (J^\top g)_j = s_j \,(g_j - g \cdot s)
+
+    ``derivative`` returns only the diagonal s(1 − s), which is what Nielsen's elementwise rule uses;
+    it ignores the off-diagonal −s_i s_j, so (a − y) ⊙ s(1 − s) is *not* the gradient for any loss.
+    """
+
+    name = "softmax"
+    elementwise = False
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        # Subtracting the row max leaves s unchanged and keeps exp() ≤ 1.
+        e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+        return e / np.sum(e, axis=-1, keepdims=True)
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        s = self.value(z)
+        return s * (1.0 - s)
+
+    def vjp(self, z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        s = self.value(z)
+        return s * (g - np.sum(g * s, axis=-1, keepdims=True))
+
+
+OUTPUT_ACTIVATIONS: Registry[Activation] = Registry("activation", [Sigmoid(), Softmax(), Identity(), Tanh()])
+HIDDEN_ACTIVATIONS: Registry[Activation] = Registry("model.hidden_activation", [Sigmoid(), Tanh(), Relu()])

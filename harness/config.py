@@ -1,0 +1,130 @@
+"""Typed configuration (Hydra structured configs) and the validation every run passes before it starts.
+
+The dataclasses hold the types, ``conf/`` holds the values: an unknown key or a value of the wrong type
+fails while Hydra composes the config. :func:`validate` then checks what types cannot express (ranges,
+names, combinations) and raises :class:`ConfigError`, one paragraph that names the key and what is
+allowed, before any data is loaded and before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.data import DATASET_OUTPUTS, DATASETS
+from harness.deltas import DELTA_RULES
+from harness.losses import LOSSES
+
+
+@dataclass
+class NameConfig:
+    """A config group whose options are named objects (loss, activation, delta rule, dataset)."""
+
+    name: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [4])  # hidden layer sizes; [] = no hidden layer
+    hidden_activation: str = "sigmoid"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    lr: float = 2.0
+    batch_size: int = 4
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "harness"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+
+
+@dataclass
+class HarnessConfig:
+    dataset: NameConfig = field(default_factory=NameConfig)
+    loss: NameConfig = field(default_factory=NameConfig)
+    activation: NameConfig = field(default_factory=NameConfig)
+    delta: NameConfig = field(default_factory=NameConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Register the schema as ``harness_schema`` (the first entry of ``conf/config.yaml``'s defaults)."""
+    ConfigStore.instance().store(name="harness_schema", node=HarnessConfig)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one paragraph naming the key and what is allowed."""
+
+
+def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> str | None:
+    if value in allowed:
+        return None
+    return f"{key}={value!r} is not a known option; allowed: {', '.join(allowed)}."
+
+
+def _unknown_keys(cfg: Any, schema: type = HarnessConfig, prefix: str = "") -> list[str]:
+    """Keys the schema does not have (Hydra lets ``+key=value`` add them even to a typed config)."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    problems = []
+    for key in cfg:
+        if key not in fields:
+            problems.append(f"{prefix}{key} is not a configuration key; allowed: {', '.join(fields)}.")
+            continue
+        sub = fields[key].default_factory  # nested sections are declared as field(default_factory=Section)
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            problems += _unknown_keys(cfg[key], sub, f"{prefix}{key}.")
+    return problems
+
+
+def _problems(cfg: Any) -> list[str]:
+    problems = _unknown_keys(cfg)
+    problems += [
+        _choice("dataset.name", cfg.dataset.name, DATASETS),
+        _choice("loss.name", cfg.loss.name, LOSSES.names()),
+        _choice("activation.name", cfg.activation.name, OUTPUT_ACTIVATIONS.names()),
+        _choice("delta.name", cfg.delta.name, DELTA_RULES.names()),
+        _choice("model.hidden_activation", cfg.model.hidden_activation, HIDDEN_ACTIVATIONS.names()),
+    ]
+    t = cfg.train
+    if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
+        problems.append(f"train.lr={t.lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5.")
+    if t.epochs < 1:
+        problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
+    if t.batch_size < 1:
+        problems.append(f"train.batch_size={t.batch_size} must be an integer ≥ 1 (the minibatch size).")
+    if any(h < 1 for h in cfg.model.hidden):
+        problems.append(
+            f"model.hidden={list(cfg.model.hidden)} must list hidden layer sizes ≥ 1 "
+            "(use model.hidden=[] for no hidden layer)."
+        )
+    if cfg.seed < 0:
+        problems.append(f"seed={cfg.seed} must be an integer ≥ 0.")
+    if not cfg.tracking.experiment:
+        problems.append("tracking.experiment must be a non-empty experiment name.")
+    outputs = DATASET_OUTPUTS.get(cfg.dataset.name)
+    if cfg.activation.name == "softmax" and outputs is not None and outputs < 2:
+        problems.append(
+            f"activation=softmax needs ≥ 2 outputs, but dataset={cfg.dataset.name} has {outputs}; "
+            "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
+        )
+    return [p for p in problems if p]
+
+
+def validate(cfg: Any) -> None:
+    """Raise :class:`ConfigError` (one paragraph listing every problem) if ``cfg`` cannot be run."""
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("Invalid configuration: " + " ".join(problems))

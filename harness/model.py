@@ -1,0 +1,92 @@
+"""A fully connected network (MLP) in numpy, with backprop written as Nielsen's four equations.
+
+Samples are rows: zˡ = aˡ⁻¹ Wˡ + bˡ, aˡ = f(zˡ), with Wˡ of shape (n_in, n_out). Backprop, per batch:
+
+- (BP1) δᴸ is given by the delta rule (the object of study; see :mod:`harness.deltas`);
+- (BP2) δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f′(zˡ) for hidden layers;
+- (BP3) ∂C/∂bˡ = Σₙ δˡ;  (BP4) ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ   (summed over the batch; the caller scales).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.activations import Activation
+
+
+@dataclass
+class Forward:
+    """What a forward pass keeps for backprop: the inputs of every layer and the output z and a."""
+
+    inputs: list[np.ndarray] = field(default_factory=list)  # a⁰ … aᴸ⁻¹ (a⁰ = x)
+    zs: list[np.ndarray] = field(default_factory=list)  # z¹ … zᴸ
+
+    @property
+    def z_out(self) -> np.ndarray:
+        return self.zs[-1]
+
+
+class MLP:
+    """Layers ``sizes = [n_in, *hidden, n_out]``; ``hidden`` activation between, ``output`` at the end."""
+
+    def __init__(
+        self,
+        weights: list[np.ndarray],
+        biases: list[np.ndarray],
+        hidden: Activation,
+        output: Activation,
+    ) -> None:
+        self.weights = weights
+        self.biases = biases
+        self.hidden = hidden
+        self.output = output
+
+    @classmethod
+    def nielsen_init(cls, sizes: list[int], hidden: Activation, output: Activation, rng: np.random.Generator) -> MLP:
+        """Nielsen's default initialiser: W ~ N(0, 1/n_in), b ~ N(0, 1)."""
+        weights = [rng.normal(0.0, 1.0, (n_in, n_out)) / np.sqrt(n_in) for n_in, n_out in zip(sizes, sizes[1:])]
+        biases = [rng.normal(0.0, 1.0, n_out) for n_out in sizes[1:]]
+        return cls(weights, biases, hidden, output)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.weights[0].shape[0]] + [w.shape[1] for w in self.weights]
+
+    def parameters(self) -> list[np.ndarray]:
+        return [*self.weights, *self.biases]
+
+    def forward(self, x: np.ndarray) -> tuple[Forward, np.ndarray]:
+        """Forward pass; returns the cache for backprop and the output activation aᴸ."""
+        cache = Forward()
+        a = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            cache.inputs.append(a)
+            z = a @ w + b
+            cache.zs.append(z)
+            a = (self.output if i == last else self.hidden).value(z)
+        return cache, a
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)[1]
+
+    def backward(self, cache: Forward, delta_out: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Gradients (BP2–BP4) summed over the batch, given the output error δᴸ (BP1)."""
+        n_layers = len(self.weights)
+        grad_w: list[np.ndarray] = [np.empty(0)] * n_layers
+        grad_b: list[np.ndarray] = [np.empty(0)] * n_layers
+        delta = delta_out
+        for i in range(n_layers - 1, -1, -1):
+            grad_w[i] = cache.inputs[i].T @ delta
+            grad_b[i] = delta.sum(axis=0)
+            if i > 0:
+                delta = (delta @ self.weights[i].T) * self.hidden.derivative(cache.zs[i - 1])
+        return grad_w, grad_b
+
+    def is_finite(self) -> bool:
+        return all(np.all(np.isfinite(p)) for p in self.parameters())
+
+    def __repr__(self) -> str:
+        return f"MLP(sizes={self.sizes}, hidden={self.hidden.name}, output={self.output.name})"

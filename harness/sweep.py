@@ -1,0 +1,128 @@
+"""Hydra glue: the job function, and the callback that owns a sweep's parent run.
+
+In a ``-m`` sweep the launching process, before any job starts (``on_multirun_start``): validates every
+swept value, creates the MLflow store and experiment (so parallel jobs never race MLflow's first-use
+schema creation) and the parent run, tagged with the sweep directory. Each job finds its parent by that
+tag, which works in-process, in joblib workers and on Ray nodes alike. The parent is ended by
+:func:`end_parent`, called from ``python -m harness``'s own ``finally`` because Hydra does not call
+``on_multirun_end`` when a job failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError, validate
+
+_parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
+
+
+def sweep_dir(config: DictConfig) -> str:
+    """Absolute sweep directory (the key that ties jobs to their parent run)."""
+    return str(Path(config.hydra.runtime.cwd, config.hydra.sweep.dir).resolve())
+
+
+def job(cfg: DictConfig) -> float:
+    """Hydra task function: one training run; returns the final test accuracy (for optimising sweepers)."""
+    from harness.app import report_config_error, run_job
+    from harness.tracking import find_sweep_parent, resolve_uri
+
+    hc = HydraConfig.get()
+    cwd = hc.runtime.cwd
+    parent = None
+    if hc.mode == RunMode.MULTIRUN:
+        directory = str(Path(cwd, hc.sweep.dir).resolve())
+        if _parent.get("sweep_dir") == directory:
+            parent = _parent["run"].run_id
+        else:
+            uri = resolve_uri(cfg.tracking.uri, cwd)
+            parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
+    try:
+        result = run_job(cfg, parent_run_id=parent, cwd=cwd)
+    except ConfigError as err:
+        report_config_error(err)
+    return float(result["test_accuracy"])
+
+
+def sweep_overrides(config: DictConfig) -> list[list[str]]:
+    """For each swept key, one override list per value (``key=value``), from the command line and
+    ``hydra.sweeper.params``; non-swept overrides are in every list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    strings = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(strings)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if not swept:
+        return [fixed]
+    return [
+        fixed
+        + [f"{o.get_key_element()}={v}"]
+        + [f"{p.get_key_element()}={next(p.sweep_string_iterator())}" for p in swept if p is not o]
+        for o in swept
+        for v in o.sweep_string_iterator()
+    ]
+
+
+def validate_sweep(config: DictConfig) -> None:
+    """Compose and validate the config once per swept value, before any job or run exists."""
+    from hydra import compose
+
+    name = config.hydra.job.config_name
+    seen: set[tuple[str, ...]] = set()
+    for overrides in sweep_overrides(config):
+        key = tuple(sorted(overrides))
+        if key in seen:
+            continue
+        seen.add(key)
+        validate(compose(config_name=name, overrides=overrides))
+
+
+class SweepCallback(Callback):
+    """Creates the store, experiment and parent run of a sweep before any job starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from harness.app import report_config_error
+
+        try:
+            validate_sweep(config)
+        except ConfigError as err:
+            report_config_error(err)
+        try:
+            self._start_parent(config)
+        except Exception as err:  # Hydra would only warn and run every job without a parent
+            print(f"harness: error: could not create the sweep's MLflow parent run: {err}", file=sys.stderr)
+            raise SystemExit(1) from err
+
+    def _start_parent(self, config: DictConfig) -> None:
+        from harness.tracking import Run, ensure_experiment, resolve_uri
+
+        uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
+        ensure_experiment(uri, config.tracking.experiment)
+        directory = sweep_dir(config)
+        choices = config.hydra.runtime.choices
+        name = choices.get("experiment") or "sweep"
+        tags = {"harness.sweep_dir": directory, "harness.overrides": " ".join(config.hydra.overrides.task)}
+        run = Run.start(uri, config.tracking.experiment, name, tags)
+        _parent.update(run=run, sweep_dir=directory)
+        print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at {uri}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        end_parent("FINISHED")
+
+
+def end_parent(status: str) -> None:
+    """End the sweep's parent run, if this process started one (idempotent)."""
+    run = _parent.pop("run", None)
+    _parent.pop("sweep_dir", None)
+    if run is not None:
+        run.end(status)

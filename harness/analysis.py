@@ -315,16 +315,22 @@ def best_lr(summary: pd.DataFrame, value: str = "final_accuracy", higher_is_bett
     """Each triple at its own best learning rate: the lr whose mean ``value`` over seeds is best.
 
     Diverged runs count as the worst value at that rate (a rate where some seeds blow up is not "best").
-    Returns one row per triple with the chosen lr and the value's mean and 95 % CI over seeds there.
+    Ties (e.g. several rates that all solve XOR) go to the rate that reaches the accuracy threshold in the
+    fewest epochs, when the summary has ``epochs_to_threshold``. Returns one row per triple with the chosen
+    lr, the value's mean and 95 % CI over seeds there (``estimate``, ``ci_low``, ``ci_high``) and the mean
+    epochs to threshold with its CI (``epochs``, ``epochs_low``, ``epochs_high``; inf = some seed never did).
     """
     worst = -np.inf if higher_is_better else np.inf
-    scored = summary.assign(_score=summary[value].fillna(worst))
+    speed = summary["epochs_to_threshold"] if "epochs_to_threshold" in summary else pd.Series(0.0, summary.index)
+    scored = summary.assign(_score=summary[value].fillna(worst), _speed=speed.fillna(np.inf))
     rows = []
     for key, g in scored.groupby(KEYS, sort=False):
-        means = g.groupby("lr")["_score"].mean()
-        lr = float(means.idxmax() if higher_is_better else means.idxmin())
+        by_lr = g.groupby("lr").agg(score=("_score", "mean"), speed=("_speed", "mean"))
+        by_lr = by_lr.sort_values(["score", "speed"], ascending=[not higher_is_better, True])
+        lr = float(by_lr.index[0])
         at = g[g["lr"] == lr]
         est, lo, hi = bootstrap_ci(at[value].to_numpy())
+        ep, ep_lo, ep_hi = bootstrap_ci(at["_speed"].to_numpy())
         rows.append(
             {
                 **dict(zip(KEYS, key)),
@@ -335,6 +341,9 @@ def best_lr(summary: pd.DataFrame, value: str = "final_accuracy", higher_is_bett
                 "estimate": est,
                 "ci_low": lo,
                 "ci_high": hi,
+                "epochs": ep,
+                "epochs_low": ep_lo,
+                "epochs_high": ep_hi,
             }
         )
     return pd.DataFrame(rows)

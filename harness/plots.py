@@ -53,7 +53,8 @@ def convergence(frame: pd.DataFrame, metric: str = "train_loss", log: bool | Non
         data=data, x="epoch", y=metric, hue="delta", hue_order=_order(data["delta"], RULE_ORDER),
         row="loss", col="activation", row_order=_order(data["loss"], LOSSES.names()),
         col_order=_order(data["activation"], OUTPUT_ACTIVATIONS.names()), kind="line", errorbar=BAND,
-        palette=PALETTE, height=2.3, aspect=1.3, facet_kws={"sharey": False, "margin_titles": True},
+        palette=PALETTE, height=2.3 if data["loss"].nunique() * data["activation"].nunique() > 2 else 3.5,
+        aspect=1.3, facet_kws={"sharey": False, "margin_titles": True},
     )  # fmt: skip
     if log:
         g.set(yscale="log")

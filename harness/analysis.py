@@ -349,6 +349,12 @@ def best_lr(summary: pd.DataFrame, value: str = "final_accuracy", higher_is_bett
     return pd.DataFrame(rows)
 
 
+def at_best_lr(frame: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` (runs or per-epoch) run at their triple's best rate (from :func:`best_lr`)."""
+    chosen = best[[*KEYS, "best_lr"]].rename(columns={"best_lr": "lr"})
+    return frame.merge(chosen, on=[*KEYS, "lr"], how="inner")
+
+
 def format_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
     """``0.95 [0.90, 1.00]``; inf shows as ∞ (never reached), NaN as "n/a"."""
 

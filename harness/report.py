@@ -96,25 +96,30 @@ QUESTIONS = [
 ]
 
 FIGURES = """\
+frame, runs = study.frame, summary
+if summary["lr"].nunique() >= 3:  # a learning-rate grid: curves and heatmaps show each triple at its best rate
+    best = analysis.best_lr(summary)
+    frame, runs = analysis.at_best_lr(study.frame, best), analysis.at_best_lr(summary, best)
+    print("Learning-rate grid: the curves and heatmaps below show each triple at its own best rate.")
 if study.dataset == "neuron":
-    plots.slowdown(study.frame)
+    plots.slowdown(frame)
     plt.show()
 else:
-    plots.convergence(study.frame, "train_loss")
+    plots.convergence(frame, "train_loss")
     plt.show()
-    plots.convergence(study.frame, "test_accuracy", log=False)
+    plots.convergence(frame, "test_accuracy", log=False)
     plt.show()
-    plots.summary_heatmaps(summary, "final_accuracy")
+    plots.summary_heatmaps(runs, "final_accuracy")
     plt.show()
     if study.threshold is not None:
-        plots.summary_heatmaps(summary, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r")
+        plots.summary_heatmaps(runs, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r")
         plt.show()
-    if plots.grad_cosine(study.frame) is not None:
+    if plots.grad_cosine(frame) is not None:
         plt.show()
     if summary["lr"].nunique() >= 3:
         plots.lr_sensitivity(summary)
         plt.show()
-        plots.best_lr(analysis.best_lr(summary))
+        plots.best_lr(best)
         plt.show()
 """
 

@@ -246,3 +246,12 @@ def test_lr_plots():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["mse + sigmoid"]
     assert {t.get_text() for t in ax.texts} == {"10"}  # both rules' best rate is annotated
+
+
+def test_at_best_lr_keeps_only_each_triples_chosen_rate():
+    rows = [("mse", "sigmoid", rule, seed, lr, "exact", "completed", acc)
+            for rule, accs in [("ng", {0.1: 0.5, 1.0: 0.9}), ("nielsen", {0.1: 0.8, 1.0: 0.6})]
+            for lr, acc in accs.items() for seed in range(2)]  # fmt: skip
+    summary = _summary(rows)
+    kept = analysis.at_best_lr(summary, analysis.best_lr(summary))
+    assert sorted(set(zip(kept["delta"], kept["lr"]))) == [("ng", 1.0), ("nielsen", 0.1)] and len(kept) == 4

@@ -125,6 +125,7 @@ def summary_heatmaps(
         f"{value}: {stat} over the seeds with a finite value ((k/n): only k of n); hatched = mismatched pairing; "
         "✕k = k runs diverged/undefined",
         fontsize=9,
+        y=1.04,
     )
     return fig
 

@@ -255,3 +255,21 @@ def test_at_best_lr_keeps_only_each_triples_chosen_rate():
     summary = _summary(rows)
     kept = analysis.at_best_lr(summary, analysis.best_lr(summary))
     assert sorted(set(zip(kept["delta"], kept["lr"]))) == [("ng", 1.0), ("nielsen", 0.1)] and len(kept) == 4
+
+
+def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_best_rates():
+    from harness.questions import _fairness
+
+    def row(delta, pairing, lr, acc, ci, epochs, eci):
+        return {"loss": "mse", "activation": "sigmoid", "delta": delta, "pairing": pairing, "best_lr": lr,
+                "estimate": acc, "ci_low": ci[0], "ci_high": ci[1], "epochs": epochs, "epochs_low": eci[0],
+                "epochs_high": eci[1]}  # fmt: skip
+
+    same = pd.DataFrame([row("nielsen", "exact", 10.0, 1.0, (1, 1), 50, (40, 60)),
+                         row("ng", "mismatched", 1.0, 1.0, (1, 1), 55, (45, 70))])  # fmt: skip
+    text = _fairness(same)
+    assert "In 1 of 1 (pair, mismatched rule) cases" in text and "costs nothing measurable" in text
+    assert "η = 1: accuracy 1 [1, 1], epochs 55 [45, 70]" in text
+    slower = same.assign(epochs_low=[40, 200], epochs=[50, 250], epochs_high=[60, 300])
+    text = _fairness(slower)
+    assert "In 0 of 1" in text and "does not make up for it" in text

@@ -161,11 +161,16 @@ def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.Note
         if math:
             cells.append(new_markdown_cell(math))
         cells.append(new_code_cell(code))
-    cells.append(new_markdown_cell("## Per-run summary (every run, including diverged and failed ones)"))
+    cells.append(new_markdown_cell("## Runs that did not complete (diverged, undefined, failed), and all runs"))
     cells.append(
         new_code_cell(
-            "summary[['run_name', 'seed', 'lr', 'pairing', 'status', 'outcome', 'epochs_run', "
-            "'final_accuracy', 'final_loss', 'epochs_to_threshold']]"
+            "columns = ['run_name', 'seed', 'lr', 'pairing', 'status', 'outcome', 'epochs_run', "
+            "'final_accuracy', 'final_loss', 'epochs_to_threshold']\n"
+            "stopped = summary[summary['outcome'] != 'completed']\n"
+            "print(f'{len(stopped)} of {len(summary)} runs did not complete.')\n"
+            "with pd.option_context('display.max_rows', 2000):\n"
+            "    display(stopped[columns])\n"
+            "summary[columns]"
         )
     )
     nb = new_notebook(cells=cells)

@@ -120,8 +120,14 @@ def _problems(cfg: Any) -> list[str]:
         _choice("train.reduction", cfg.train.reduction, REDUCTIONS),
     ]
     t = cfg.train
-    if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
-        problems.append(f"train.lr={t.lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5.")
+    lr = _resolved_lr(cfg)
+    if lr is None:
+        problems.append(
+            f"train.lr interpolates train.lr_by_loss, which has no rate for loss={cfg.loss.name} "
+            f"(it has: {', '.join(t.lr_by_loss) or 'none'}); add one, e.g. train.lr_by_loss.{cfg.loss.name}=0.1."
+        )
+    elif not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        problems.append(f"train.lr={lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5.")
     if t.epochs < 1:
         problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
     if t.batch_size < 1:
@@ -144,6 +150,16 @@ def _problems(cfg: Any) -> list[str]:
             "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
         )
     return [p for p in problems if p]
+
+
+def _resolved_lr(cfg: Any) -> Any:
+    """``train.lr``, or None when it interpolates ``train.lr_by_loss`` for a loss the table lacks."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return cfg.train.lr
+    except InterpolationResolutionError:
+        return None
 
 
 def validate(cfg: Any) -> None:

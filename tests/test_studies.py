@@ -72,6 +72,17 @@ def test_slowdown_ties_each_cost_to_its_own_rate(compose_cfg):
         assert cfg.train.lr == lr and (cfg.model.init_weight, cfg.model.init_bias) == (2.0, 2.0)
 
 
+def test_slowdown_with_a_loss_that_has_no_rate_is_one_clear_error(compose_cfg):
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg("+experiment=slowdown", "loss=cce"))
+    assert str(err.value) == (
+        "Invalid configuration: train.lr interpolates train.lr_by_loss, which has no rate for loss=cce "
+        "(it has: mse, bce); add one, e.g. train.lr_by_loss.cce=0.1."
+    )
+
+
 def book_neuron(w: float, b: float, eta: float, cost: str, epochs: int = 300) -> np.ndarray:
     """Nielsen ch. 3 by hand: x = 1, y = 0, a = σ(w + b); C before each update and after the last.
 

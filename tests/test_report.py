@@ -46,6 +46,7 @@ def test_a_preset_sweep_writes_its_report_with_figures_and_every_question(tmp_pa
     # answers carry this sweep's numbers: 2 seed pairs, and ng ≡ chain on bce + sigmoid to rounding
     assert "over 2 seed pairs" in html
     assert re.search(r"differ by at most [0-9.]+e-1[0-9] over 82 logged", html)
+    assert "in 4 of 4 (activation, rule, seed, rate) groups run under several losses" in html
     c = MlflowClient(uri)
     (parent,) = c.search_runs([c.get_experiment_by_name("xor_grid").experiment_id], "tags.`harness.sweep_dir` != ''")
     assert parent.info.status == "FINISHED"

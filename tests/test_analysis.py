@@ -55,6 +55,9 @@ def test_histories_match_mlflow_per_run_calls(sweep):
 
     study = analysis.load("tiny", uri=sweep)
     c = MlflowClient(sweep)
+    ids = study.runs["run_id"].tolist()
+    bulk = analysis._bulk_history(c, ids, "train_loss")  # one query, not one call per run
+    assert bulk is not None and {r[0] for r in bulk} == set(ids)
     for run_id in study.runs["run_id"][:3]:
         for key in analysis.METRICS:
             ref = {m.step: m.value for m in c.get_metric_history(run_id, key)}

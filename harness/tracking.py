@@ -143,9 +143,8 @@ class Run:
     def log_input(self, dataset: Any, context: str = "train") -> None:
         """Record an ``mlflow.data`` dataset as an input of this run."""
         from mlflow.entities import DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
         from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         try:

@@ -6,10 +6,12 @@ Every server binds to 127.0.0.1 on a free port and is stopped by its own process
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -93,3 +95,53 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+class RayHead:
+    """``ray start --head --block`` on 127.0.0.1: a one-node Ray cluster, stopped by its own process id
+    (``--block`` makes that process stop the cluster's other processes when it gets SIGTERM).
+
+    Ray 2.60 starts a head with token authentication (the token in ``~/.ray/auth_token``), but its clients
+    send the token only with ``RAY_AUTH_MODE=token``: :attr:`env` is the environment for every client.
+    """
+
+    env = {"RAY_AUTH_MODE": "token"}
+
+    def __init__(self, num_cpus: int = 2) -> None:
+        self.port = free_port()
+        # Ray's socket paths must stay under 107 characters: pytest's tmp_path can be too long.
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        self.num_cpus = num_cpus
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180) -> RayHead:
+        args = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                "--port", str(self.port), "--num-cpus", str(self.num_cpus), "--include-dashboard", "false",
+                "--disable-usage-stats", "--temp-dir", str(self.temp)]  # fmt: skip
+        env = {**os.environ, **self.env}
+        self.log = open(self.temp / "ray-start.log", "w")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        status = [str(BIN / "ray"), "status", "--address", self.address]
+        while subprocess.run(status, capture_output=True, env=env).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ray head did not start: {(self.temp / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import harness_env
 from mlflow import MlflowClient
-from servers import harness_cmd, start_harness
+from servers import MlflowServer, harness_cmd, start_harness
 
 FAULTS = Path(__file__).parent / "faults"
 SEEDS = "seed=0,1,2,3,4,5"
@@ -41,13 +41,16 @@ def count_children(db: Path) -> int:
         return con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
 
 
-def wait_for_children(tmp_path: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
-    """Wait until the sweep has created ``n`` child runs (so it is mid-sweep, a job running)."""
+def wait_for_children(
+    tmp_path: Path, proc: subprocess.Popen, n: int, timeout: float = 240, db: Path | None = None
+) -> None:
+    """Wait until the sweep has created ``n`` child runs in ``db`` (default: the sweep's own
+    ``mlflow.db``), so it is mid-sweep, a job running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         try:
-            if count_children(tmp_path / "mlflow.db") >= n:
+            if count_children(db or tmp_path / "mlflow.db") >= n:
                 return
         except sqlite3.Error:  # no store or no tables yet
             pass
@@ -132,3 +135,36 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     assert f"{line} http://127.0.0.1:5000/#/experiments/{exp}/runs/{failed.info.run_id}" in p.stderr
     assert "harness: 1 of 4 jobs did not finish:" in p.stderr
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in p.stderr
+
+
+@pytest.mark.slow
+def test_tracking_server_down_mid_sweep_loses_no_run(tmp_path):
+    """Stop the MLflow server while a sweep writes to it, restart it on the same port a few seconds later:
+    MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, backoff factor 2: ≈ 4 min in all, the
+    defaults) carry every job over the gap."""
+    server = MlflowServer(tmp_path).start()
+    try:
+        epochs = 25
+        args = ("-m", "dataset=mnist", "seed=0,1,2,3", f"train.epochs={epochs}", f"tracking.uri={server.uri}")
+        proc = start_harness(*args, cwd=tmp_path)
+        wait_for_children(tmp_path, proc, 1, db=server.db)
+        server.stop()
+        down = time.monotonic()
+        time.sleep(5)
+        server.start()
+        print(f"server down for {time.monotonic() - down:.1f} s")
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-5000:]
+        print("retries logged:", (out + err).count("Retrying"))
+        assert "Retrying" in out + err  # urllib3's warning: requests really met the stopped server
+        c = MlflowClient(server.uri)
+        runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+        kids = children(runs)
+        assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
+        assert sorted(int(r.data.params["seed"]) for r in kids) == [0, 1, 2, 3]
+        for r in kids:
+            for metric in ("train_loss", "test_accuracy", "grad_cosine"):
+                steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, metric))
+                assert steps == list(range(epochs + 1))
+    finally:
+        server.stop()

@@ -37,7 +37,7 @@ def cli() -> None:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        print("harness: interrupted; unfinished runs were ended KILLED", file=sys.stderr)
+        print("harness: interrupted; ending unfinished runs KILLED", file=sys.stderr)
         raise SystemExit(130) from None
     except SystemExit as exit_:
         status = "FINISHED" if exit_.code in (0, None) else "FAILED"

@@ -227,15 +227,16 @@ def children(uri: str, parent_run_id: str) -> list[Any]:
 
 
 def end_orphans(uri: str, runs: Iterable[Any], status: str = "KILLED") -> list[Any]:
-    """End ``runs`` still RUNNING with ``status`` and tag ``outcome``; returns them.
+    """End ``runs`` still RUNNING with ``status`` (KILLED or FAILED) and tag ``outcome``; returns them.
 
     A worker that is killed (loky terminating its pool on Ctrl-C, a lost Ray node) never reaches its own
     ``finally``; the launching process, which outlives it, closes its run instead.
     """
+    outcome = {"KILLED": "killed", "FAILED": "failed"}[status]
     c = client(uri)
     orphans = [r for r in runs if r.info.status == "RUNNING"]
     for run in orphans:
-        c.set_tag(run.info.run_id, "outcome", status.lower() if status != "FAILED" else "failed")
+        c.set_tag(run.info.run_id, "outcome", outcome)
         c.set_terminated(run.info.run_id, status)
     return orphans
 

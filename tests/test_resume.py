@@ -168,3 +168,41 @@ def test_tracking_server_down_mid_sweep_loses_no_run(tmp_path):
                 assert steps == list(range(epochs + 1))
     finally:
         server.stop()
+
+
+def test_config_hash_ignores_tracking_and_override_order(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from harness.tracking import config_hash
+
+    def h(*overrides):
+        return config_hash(OmegaConf.to_container(compose_cfg(*overrides), resolve=True))
+
+    base = h("loss=mse", "seed=3")
+    assert base == h("seed=3", "loss=mse")  # the order of overrides does not matter
+    assert base == h("loss=mse", "seed=3", "tracking.experiment=other", "tracking.resume=true")
+    assert len({base, h("loss=mse", "seed=4"), h("loss=bce", "seed=3"), h("loss=mse", "seed=3", "train.lr=1")}) == 4
+
+
+def test_orphaned_children_are_ended_killed_and_reported(store, capsys):
+    from harness.sweep import report_children
+    from harness.tracking import Run
+
+    parent = Run.start(store, "harness", "sweep")
+    done = Run.start(store, "harness", "bce-sigmoid-ng", {"harness.job": "0"}, parent.run_id)
+    done.end("FINISHED")
+    orphan = Run.start(store, "harness", "mse-sigmoid-ng", {"harness.job": "1", "harness.overrides": "loss=mse"},
+                       parent.run_id)  # fmt: skip
+    report_children(store, parent.run_id)
+    c = MlflowClient(store)
+    assert c.get_run(orphan.run_id).info.status == "KILLED"
+    assert c.get_run(orphan.run_id).data.tags["outcome"] == "killed"
+    assert c.get_run(done.run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err
+    exp = c.get_run(orphan.run_id).info.experiment_id
+    assert "harness: 1 of 2 jobs did not finish:" in err
+    assert (
+        f"  #1 mse-sigmoid-ng KILLED (loss=mse): run {orphan.run_id} "
+        f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{orphan.run_id}"
+    ) in err
+    assert "bce-sigmoid-ng" not in err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -16,15 +19,26 @@ def main(cfg: DictConfig) -> float:
     return job(cfg)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # A scheduler or `kill` stops a sweep with SIGTERM: treat it as Ctrl-C, so runs end KILLED.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cli() -> None:
-    """Run Hydra; whatever happens, end a sweep's parent run with the matching status."""
+    """Run Hydra; whatever happens, end a sweep's parent run with the matching status.
+
+    Ctrl-C (SIGINT) or SIGTERM: the running job ends KILLED, then the parent and any child left RUNNING by
+    a killed worker; exit status 130.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     status = "FAILED"
     try:
         main()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        print("harness: interrupted; ending unfinished runs KILLED", file=sys.stderr)
+        raise SystemExit(130) from None
     except SystemExit as exit_:
         status = "FINISHED" if exit_.code in (0, None) else "FAILED"
         raise

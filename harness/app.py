@@ -71,15 +71,26 @@ def mlflow_dataset(name: str):
     return mlflow.data.from_numpy(data.x_train, targets=data.y_train, name=data.name, source=source)
 
 
-def run_job(cfg: DictConfig, *, parent_run_id: str | None = None, cwd: str | None = None) -> dict[str, Any]:
-    """Validate ``cfg``, train, and log one MLflow run; returns the final metrics, outcome and run id."""
-    from harness.tracking import Run, resolve_uri
+def run_job(
+    cfg: DictConfig,
+    *,
+    parent_run_id: str | None = None,
+    cwd: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Validate ``cfg``, train, and log one MLflow run (with extra ``tags``, e.g. the sweep's job number);
+    returns the final metrics, outcome and run id."""
+    from harness.tracking import HASH_TAG, Run, config_hash, resolve_uri
 
     validate(cfg)
     data = load(cfg.dataset.name)
     model = build_model(cfg, data)
     loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
-    tags = {"pairing": pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
+    tags = {
+        **(tags or {}),
+        "pairing": pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
+        HASH_TAG: config_hash(OmegaConf.to_container(cfg, resolve=True)),
+    }
     if cfg.get("tags"):
         tags[TAGS_TAG] = ",".join(cfg.tags)
     run = Run.start(resolve_uri(cfg.tracking.uri, cwd), cfg.tracking.experiment, run_name(cfg), tags, parent_run_id)

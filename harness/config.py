@@ -57,6 +57,7 @@ class TrainConfig:
 class TrackingConfig:
     experiment: str = "harness"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    resume: bool = False  # skip a job whose identical config already has a FINISHED run in the experiment
 
 
 @dataclass

@@ -30,25 +30,70 @@ def sweep_dir(config: DictConfig) -> str:
 
 
 def job(cfg: DictConfig) -> float:
-    """Hydra task function: one training run; returns the final test accuracy (for optimising sweepers)."""
+    """Hydra task function: one training run; returns the final test accuracy (for optimising sweepers).
+
+    With ``tracking.resume=true`` a job whose identical config already has a FINISHED run is skipped.
+    """
     from harness.app import report_config_error, run_job
-    from harness.tracking import find_sweep_parent, resolve_uri
+    from harness.tracking import config_hash, find_finished, find_sweep_parent, resolve_uri
 
     hc = HydraConfig.get()
     cwd = hc.runtime.cwd
-    parent = None
+    uri = resolve_uri(cfg.tracking.uri, cwd)
+    if cfg.tracking.resume:
+        done = find_finished(uri, cfg.tracking.experiment, config_hash(OmegaConf.to_container(cfg, resolve=True)))
+        if done is not None:
+            print(f"harness: skipped {' '.join(hc.overrides.task)}: already FINISHED as run {done.info.run_id}")
+            return float(done.data.metrics.get("test_accuracy", float("nan")))
+    parent, tags = None, {}
     if hc.mode == RunMode.MULTIRUN:
         directory = str(Path(cwd, hc.sweep.dir).resolve())
+        tags = {"harness.job": str(hc.job.num), "harness.overrides": " ".join(hc.overrides.task)}
         if _parent.get("sweep_dir") == directory:
             parent = _parent["run"].run_id
         else:
-            uri = resolve_uri(cfg.tracking.uri, cwd)
             parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
     try:
-        result = run_job(cfg, parent_run_id=parent, cwd=cwd)
+        with blas_limit(hc):
+            tags["harness.blas_threads"] = str(blas_pool_size())
+            result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
     except ConfigError as err:
         report_config_error(err)
     return float(result["test_accuracy"])
+
+
+def blas_threads(hc: DictConfig) -> int | None:
+    """BLAS threads for one job: 1 when a launcher runs jobs side by side, else None (no limit).
+
+    Two jobs on two cores, each with a BLAS pool as wide as the machine, oversubscribe the cores; and at
+    our sizes a second BLAS thread pays only from batch ≈ 128 (../shared/FACTS.md). Loky's own limit is
+    an environment variable read when BLAS loads, so it misses a BLAS already loaded; threadpoolctl is not.
+    """
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    target = str(hc.launcher.get("_target_", ""))
+    if target.endswith("BasicLauncher"):
+        return None
+    if target.endswith("JoblibLauncher") and hc.launcher.get("n_jobs") == 1:
+        return None
+    return 1
+
+
+def blas_pool_size() -> int:
+    """Threads of the widest BLAS pool loaded in this process (recorded as tag ``harness.blas_threads``)."""
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=0)
+
+
+def blas_limit(hc: DictConfig):
+    """Context manager that applies :func:`blas_threads` (and restores the pool after the job)."""
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    threads = blas_threads(hc)
+    return nullcontext() if threads is None else threadpool_limits(limits=threads, user_api="blas")
 
 
 def sweep_overrides(config: DictConfig) -> list[list[str]]:
@@ -128,8 +173,10 @@ class SweepCallback(Callback):
 def end_parent(status: str) -> None:
     """End the sweep's parent run, if this process started one (idempotent).
 
-    First, if the sweep asked for it (``report.auto``) and was not interrupted, write its report (also
-    when jobs failed); a report that fails is printed, never raised, and the parent run is ended anyway.
+    First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
+    says which jobs did not finish and where their runs are. Then, if the sweep asked for it
+    (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
+    fails is printed, never raised, and the parent run is ended anyway.
     """
     run = _parent.pop("run", None)
     _parent.pop("sweep_dir", None)
@@ -137,6 +184,7 @@ def end_parent(status: str) -> None:
     if run is None:
         return
     try:
+        report_children(run.uri, run.run_id)
         if report is not None and status != "KILLED":
             _write_report(*report, parent_run_id=run.run_id)
     finally:
@@ -150,3 +198,22 @@ def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> No
         after_sweep(experiment, uri, parent_run_id, out)
     except Exception as err:  # noqa: BLE001  (the sweep's own status matters more than its report)
         print(f"harness: warning: no report for {experiment!r}: {err}", file=sys.stderr)
+
+
+def report_children(uri: str, parent_run_id: str) -> None:
+    """End orphaned children KILLED; print every child that is not FINISHED, with its run id and URL."""
+    from harness.tracking import children, end_orphans, run_url
+
+    runs = children(uri, parent_run_id)
+    orphans = {r.info.run_id for r in end_orphans(uri, runs, "KILLED")}
+    bad = [r for r in runs if r.info.run_id in orphans or r.info.status != "FINISHED"]
+    if not bad:
+        return
+    print(f"harness: {len(bad)} of {len(runs)} jobs did not finish:", file=sys.stderr)
+    for r in sorted(bad, key=lambda r: int(r.data.tags.get("harness.job", "0"))):
+        status = "KILLED" if r.info.run_id in orphans else r.info.status
+        job_no, overrides = r.data.tags.get("harness.job", "?"), r.data.tags.get("harness.overrides", "")
+        url = run_url(uri, r.info.experiment_id, r.info.run_id)
+        print(f"  #{job_no} {r.info.run_name} {status} ({overrides}): run {r.info.run_id} {url}", file=sys.stderr)
+    if not uri.startswith(("http://", "https://")):
+        print(f"  (see them with: mlflow ui --backend-store-uri {uri})", file=sys.stderr)

@@ -11,7 +11,10 @@ written with ``log_batch`` in chunks of at most 1,000 (MLflow's limit per call).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +25,8 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SWEEP_TAG = "harness.sweep_dir"
+HASH_TAG = "harness.config_hash"  # sha256 of the resolved config minus ``tracking``: what ``resume`` matches
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def resolve_uri(uri: str | None, cwd: str | os.PathLike[str] | None = None) -> str:
@@ -95,7 +100,8 @@ class Run:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         experiment_id = ensure_experiment(uri, experiment)
-        all_tags = dict(tags or {})
+        # Where the run executes: on a cluster, the first thing to know about a run that died.
+        all_tags = {"harness.host": socket.gethostname(), "harness.pid": str(os.getpid()), **(tags or {})}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = client(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -137,10 +143,19 @@ class Run:
     def log_input(self, dataset: Any, context: str = "train") -> None:
         """Record an ``mlflow.data`` dataset as an input of this run."""
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        self.client.log_inputs(self.run_id, datasets=[entity])
+        try:
+            self.client.log_inputs(self.run_id, datasets=[entity])
+        except MlflowException as err:
+            # MLflow inserts an experiment's dataset row on first use after a check that another process
+            # can pass at the same moment (parallel jobs, same dataset): the loser hits the UNIQUE
+            # constraint, and then the row exists, so one more call links it.
+            if "UNIQUE constraint" not in str(err) and "IntegrityError" not in str(err):
+                raise
+            self.client.log_inputs(self.run_id, datasets=[entity])
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush and set the terminal status (FINISHED, FAILED or KILLED); idempotent."""
@@ -172,3 +187,61 @@ def find_sweep_parent(uri: str, experiment: str, sweep_dir: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Identity of a job: sha256 of the resolved config (a plain mapping) without its ``tracking`` and
+    ``hydra`` sections, which say where a run is recorded, not what it computes. Keys are sorted, so the
+    order of overrides on the command line does not matter."""
+    kept = {k: v for k, v in config.items() if k not in ("tracking", "hydra")}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_finished(uri: str, experiment: str, digest: str) -> Any | None:
+    """The newest FINISHED run of ``experiment`` tagged with config hash ``digest`` (None if none)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{HASH_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def children(uri: str, parent_run_id: str) -> list[Any]:
+    """Every child run of ``parent_run_id`` (all statuses)."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    return list(
+        c.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=50000,
+        )
+    )
+
+
+def end_orphans(uri: str, runs: Iterable[Any], status: str = "KILLED") -> list[Any]:
+    """End ``runs`` still RUNNING with ``status`` (KILLED or FAILED) and tag ``outcome``; returns them.
+
+    A worker that is killed (loky terminating its pool on Ctrl-C, a lost Ray node) never reaches its own
+    ``finally``; the launching process, which outlives it, closes its run instead.
+    """
+    outcome = {"KILLED": "killed", "FAILED": "failed"}[status]
+    c = client(uri)
+    orphans = [r for r in runs if r.info.status == "RUNNING"]
+    for run in orphans:
+        c.set_tag(run.info.run_id, "outcome", outcome)
+        c.set_terminated(run.info.run_id, status)
+    return orphans
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to see a run: the server's own page for an HTTP store, else the default ``mlflow ui`` address."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -21,7 +21,7 @@ from harness.data import Dataset, load
 from harness.deltas import DELTA_RULES, pairing
 from harness.losses import LOSSES
 from harness.model import MLP
-from harness.train import TrainResult, train
+from harness.train import TrainResult, as_dtype, train
 
 
 def run_name(cfg: Any) -> str:
@@ -40,6 +40,7 @@ def build_model(cfg: Any, data: Dataset) -> MLP:
         scheme=m.init,
         bias=m.bias,
         constant=(m.init_weight, m.init_bias),
+        dtype=data.x_train.dtype,
     )
 
 
@@ -74,7 +75,7 @@ def run_job(cfg: DictConfig, *, parent_run_id: str | None = None, cwd: str | Non
     from harness.tracking import Run, resolve_uri
 
     validate(cfg)
-    data = load(cfg.dataset.name)
+    data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
     model = build_model(cfg, data)
     loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
     tags = {"pairing": pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}

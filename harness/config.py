@@ -21,7 +21,7 @@ from harness.data import DATASET_OUTPUTS, DATASETS
 from harness.deltas import DELTA_RULES
 from harness.losses import LOSSES
 from harness.model import INIT_SCHEMES
-from harness.train import REDUCTIONS
+from harness.train import DTYPES, REDUCTIONS
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 4
     reduction: str = "mean"  # mean: step (η/m)·Σ∇ (Nielsen); sum: step η·Σ∇ (numpy XOR programs)
     eval_every: int = 1  # evaluate and log metrics every k epochs (and at epoch 0 and the last)
+    dtype: str = "float64"  # float32: weights and data in single precision (faster steps, ≈ 1e-7 rounding)
 
 
 @dataclass
@@ -107,6 +108,7 @@ def _problems(cfg: Any) -> list[str]:
         _choice("model.hidden_activation", cfg.model.hidden_activation, HIDDEN_ACTIVATIONS.names()),
         _choice("model.init", cfg.model.init, INIT_SCHEMES),
         _choice("train.reduction", cfg.train.reduction, REDUCTIONS),
+        _choice("train.dtype", cfg.train.dtype, DTYPES),
     ]
     t = cfg.train
     if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):

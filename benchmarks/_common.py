@@ -48,6 +48,12 @@ def header(title: str, packages: tuple[str, ...] = ("numpy",), **settings: objec
     print(flush=True)
 
 
+def footer() -> None:
+    """Print the load average at the end (the machine may be shared: compare with the one at the start)."""
+    if hasattr(os, "getloadavg"):
+        print(f"load average (1/5/15 min) at end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def interleaved(
     contenders: dict[str, Callable[[], object]], repeats: int, factory: bool = False
 ) -> dict[str, list[float]]:

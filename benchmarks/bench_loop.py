@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, interleaved, median, table, verdict  # noqa: E402
+from _common import footer, header, interleaved, median, table, verdict  # noqa: E402
 
 from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
 from harness.data import load  # noqa: E402
@@ -408,4 +408,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        footer()

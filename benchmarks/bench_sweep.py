@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median, python, spread, table, verdict  # noqa: E402
+from _common import footer, header, median, python, spread, table, verdict  # noqa: E402
 
 GRID = ["dataset=mnist", "loss=bce,mse,cce", "activation=sigmoid,softmax,identity,tanh", "delta=ng,nielsen,chain"]
 LAUNCHERS = {"basic": [], "joblib-2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -52,8 +52,14 @@ def sweep(launcher: str, extra: list[str]) -> tuple[float, dict[str, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (basic, joblib-2)")
+    parser.add_argument(
+        "--blas-threads", type=int, default=None, help="set OPENBLAS/OMP_NUM_THREADS for both sweeps (default: unset)"
+    )
     parser.add_argument("extra", nargs="*", help="extra overrides for both sweeps, e.g. train.epochs=2")
     args = parser.parse_args()
+    if args.blas_threads is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
     header(
         "Sweep throughput: 36-triple MNIST grid, basic launcher vs joblib with 2 workers",
         ("numpy", "mlflow", "hydra-core", "hydra-joblib-launcher", "joblib"), repeats=args.repeats,
@@ -81,4 +87,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        footer()

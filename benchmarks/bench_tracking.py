@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, header, median, python, table, verdict  # noqa: E402
+from _common import ROOT, footer, header, median, python, table, verdict  # noqa: E402
 
 TIMED = Path(__file__).resolve().parent / "_timed_harness.py"
 
@@ -158,4 +158,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        footer()

@@ -160,7 +160,7 @@ class MLP:
         return buf
 
     def is_finite(self) -> bool:
-        return all(np.all(np.isfinite(p)) for p in self.parameters())
+        return all(np.isfinite(p).all() for p in self.parameters())
 
     def __repr__(self) -> str:
         return f"MLP(sizes={self.sizes}, hidden={self.hidden.name}, output={self.output.name})"

@@ -44,9 +44,13 @@ class TrainResult:
 
 def accuracy(a: np.ndarray, y: np.ndarray) -> float:
     """Fraction of samples whose predicted class is the target class (argmax; one output: a ≥ ½)."""
+    # count / n equals np.mean of the booleans exactly (integer counts are exact in float64), without
+    # np.mean's Python-level wrapper: this runs twice per evaluated epoch.
     if y.shape[1] == 1:
-        return float(np.mean((a[:, 0] >= 0.5) == (y[:, 0] >= 0.5)))
-    return float(np.mean(np.argmax(a, axis=1) == np.argmax(y, axis=1)))
+        hits = (a[:, 0] >= 0.5) == (y[:, 0] >= 0.5)
+    else:
+        hits = a.argmax(axis=1) == y.argmax(axis=1)
+    return np.count_nonzero(hits) / len(hits)
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:
@@ -74,13 +78,13 @@ def _evaluate(model: MLP, data: Dataset, loss: Loss, rule: DeltaRule) -> tuple[d
     used = true if rule is DELTA_RULES["chain"] else rule.delta(loss, model.output, z, a, data.y_train)
     same = data.x_test is data.x_train and data.y_test is data.y_train
     a_test = a if same else model.predict(data.x_test)
-    train_loss = _loss_or_nan(loss, a, data.y_train)
+    train_loss, train_accuracy = _loss_or_nan(loss, a, data.y_train), accuracy(a, data.y_train)
     metrics = {
         "train_loss": train_loss,
-        "train_accuracy": accuracy(a, data.y_train),
+        "train_accuracy": train_accuracy,
         "test_loss": train_loss if same else _loss_or_nan(loss, a_test, data.y_test),
-        "test_accuracy": accuracy(a_test, data.y_test),
-        "grad_cosine": cosine(used, true) if np.all(np.isfinite(true)) else float("nan"),
+        "test_accuracy": train_accuracy if same else accuracy(a_test, data.y_test),
+        "grad_cosine": cosine(used, true) if np.isfinite(true).all() else float("nan"),
     }
     return metrics, a
 
@@ -95,11 +99,17 @@ def outcome_of(model: MLP, data: Dataset, loss: Loss) -> str | None:
 
 
 def _outcome(model: MLP, a: np.ndarray, y: np.ndarray, loss: Loss, train_loss: float | None) -> str | None:
-    """:func:`outcome_of` given the training outputs ``a`` (and their loss, if already computed)."""
+    """:func:`outcome_of` given the training outputs ``a`` (and their loss or NaN, if already computed).
+
+    A finite ``train_loss`` from :func:`_loss_or_nan` implies the loss was defined, so the domain check
+    only runs when something is already wrong.
+    """
     if not model.is_finite():
         return "diverged"
-    if not np.all(np.isfinite(a)):
+    if not np.isfinite(a).all():
         return "diverged"
+    if train_loss is not None and np.isfinite(train_loss):
+        return None
     if not loss.defined(a, y):
         return "undefined"
     if not np.isfinite(loss.mean(a, y) if train_loss is None else train_loss):

@@ -108,3 +108,34 @@ def test_a_float32_run_is_logged_like_any_other(compose_cfg, store):
     run = MlflowClient(store).get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.dtype"] == "float32"
     assert isinstance(result["train_loss"], float) and np.isfinite(result["train_loss"])
+
+
+def _sigmoid_reference(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _sigmoid_prime_reference(z):
+    e = np.exp(-np.abs(z))
+    return e / (1.0 + e) ** 2
+
+
+def _softmax_reference(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_activations_give_the_same_bits_as_the_textbook_forms(dtype):
+    # The in-place forms in harness.activations must not change a single result: same bits as the
+    # straightforward expressions (which test_math.py checks against finite differences).
+    z = np.random.default_rng(0).normal(0, 20, (50, 7)).astype(dtype)
+    z[0, :5] = [0.0, -0.0, 800.0, -800.0, 1e-30]
+    sig, sm = OUTPUT_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["softmax"]
+    for got, want in (
+        (sig.value(z), _sigmoid_reference(z)),
+        (sig.derivative(z), _sigmoid_prime_reference(z)),
+        (sm.value(z), _softmax_reference(z)),
+    ):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)

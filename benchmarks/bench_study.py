@@ -5,8 +5,8 @@
 
 Runs, in a fresh temporary directory with its own SQLite store, exactly what a user runs:
 
-    python -m harness +experiment=xor_grid   [hydra/launcher=joblib hydra.launcher.n_jobs=2]
-    python -m harness +experiment=mnist_grid [...]
+    python -m harness -m +experiment=xor_grid   [hydra/launcher=joblib hydra.launcher.n_jobs=2]
+    python -m harness -m +experiment=mnist_grid [...]
     python -m harness.report xor_grid  --out reports      (only if the sweep did not already write it)
     python -m harness.report mnist_grid --out reports
 
@@ -32,6 +32,7 @@ from _common import ROOT, footer, header, python, table, verdict  # noqa: E402
 PRESETS = ("xor_grid", "mnist_grid")
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 TARGET_S = 600.0
+EXPECTED_RUNS = 180 + 108 + 2
 
 
 def missing_parts() -> list[str]:
@@ -73,7 +74,7 @@ def main() -> None:
     Path(cwd).mkdir(parents=True, exist_ok=True)
     rows, total = [], 0.0
     for preset in PRESETS:
-        cmd = [python(), "-m", "harness", f"+experiment={preset}", *LAUNCHERS[args.launcher], *args.extra,
+        cmd = [python(), "-m", "harness", "-m", f"+experiment={preset}", *LAUNCHERS[args.launcher], *args.extra,
                f"hydra.sweep.dir={cwd}/multirun/{preset}"]  # fmt: skip
         wall = timed(cmd, cwd)
         rows.append([f"sweep {preset}", f"{wall:.1f}"])
@@ -89,6 +90,8 @@ def main() -> None:
         print(f"report {preset}: {wall:.1f} s", flush=True)
     with sqlite3.connect(Path(cwd) / "mlflow.db") as con:
         statuses = dict(con.execute("select status, count(*) from runs group by status").fetchall())
+    if sum(statuses.values()) < EXPECTED_RUNS:
+        print(f"WARNING: expected ≥ {EXPECTED_RUNS} runs (180 + 108 children, 2 parents), found {statuses}")
     rows.append(["total", f"{total:.1f}"])
     print()
     table(rows, ["step", "wall s"])

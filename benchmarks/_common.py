@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -46,6 +47,17 @@ def header(title: str, packages: tuple[str, ...] = ("numpy",), **settings: objec
     if settings:
         print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     print(flush=True)
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process and its waited-for descendants.
+
+    On a busy shared machine a command's wall time says more about the neighbours than about the command;
+    its CPU time barely moves. CPU time / cores is what the wall time would be on an idle machine if the
+    work spread perfectly over the cores.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def footer() -> None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, header, median, python, spread, table, verdict  # noqa: E402
+from _common import children_cpu, footer, header, median, python, spread, table, verdict  # noqa: E402
 
 GRID = ["dataset=mnist", "loss=bce,mse,cce", "activation=sigmoid,softmax,identity,tanh", "delta=ng,nielsen,chain"]
 LAUNCHERS = {"basic": [], "joblib-2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -36,17 +36,17 @@ def run_statuses(db: Path) -> dict[str, int]:
         return dict(con.execute("select status, count(*) from runs group by status").fetchall())
 
 
-def sweep(launcher: str, extra: list[str]) -> tuple[float, dict[str, int]]:
+def sweep(launcher: str, extra: list[str]) -> tuple[float, float, dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         cmd = [python(), "-m", "harness", "-m", *GRID, *LAUNCHERS[launcher], *extra, f"hydra.sweep.dir={tmp}/multirun"]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         env["PYTHONWARNINGS"] = "ignore"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), children_cpu()
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, children_cpu() - cpu
         if proc.returncode != 0:
             raise SystemExit(f"{launcher} sweep failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-        return wall, run_statuses(Path(tmp, "mlflow.db"))
+        return wall, cpu, run_statuses(Path(tmp, "mlflow.db"))
 
 
 def main() -> None:
@@ -71,14 +71,14 @@ def main() -> None:
     for r in range(args.repeats):
         order = list(LAUNCHERS) if r % 2 == 0 else list(reversed(LAUNCHERS))  # alternate who goes first
         for name in order:
-            wall, statuses = sweep(name, args.extra)
+            wall, cpu, statuses = sweep(name, args.extra)
             times[name].append(wall)
-            rows.append([str(r + 1), name, f"{wall:.1f}", f"{36 / wall * 60:.1f}", str(statuses)])
-            print(f"round {r + 1}: {name} {wall:.1f} s, runs by status {statuses}", flush=True)
+            rows.append([str(r + 1), name, f"{wall:.1f}", f"{cpu:.1f}", f"{36 / wall * 60:.1f}", str(statuses)])
+            print(f"round {r + 1}: {name} {wall:.1f} s wall, {cpu:.1f} s CPU, runs {statuses}", flush=True)
             if statuses.get("RUNNING") or sum(statuses.values()) != 37:
                 print(f"WARNING: expected 36 FINISHED children + 1 parent, got {statuses}")
     print()
-    table(rows, ["round", "launcher", "wall s", "jobs/min", "runs by status"])
+    table(rows, ["round", "launcher", "wall s", "CPU s", "jobs/min", "runs by status"])
     basic, joblib = median(times["basic"]), median(times["joblib-2"])
     print("## Ratios (medians)")
     print(f"basic launcher {spread(times['basic'])}; joblib 2 workers {spread(times['joblib-2'])}")

@@ -21,7 +21,7 @@ from harness.data import DATASET_OUTPUTS, DATASETS
 from harness.deltas import DELTA_RULES
 from harness.losses import LOSSES
 from harness.model import INIT_SCHEMES
-from harness.train import REDUCTIONS
+from harness.train import DTYPES, REDUCTIONS
 
 
 @dataclass
@@ -51,6 +51,7 @@ class TrainConfig:
     # Named step sizes per loss, for studies that compare (cost, η) pairs: a preset sets
     # ``lr: ${train.lr_by_loss.${loss.name}}`` so η follows the swept loss (see experiments/slowdown.yaml).
     lr_by_loss: dict[str, float] = field(default_factory=dict)
+    dtype: str = "float64"  # float32: weights and data in single precision (faster steps, ≈ 1e-7 rounding)
 
 
 @dataclass
@@ -119,6 +120,7 @@ def _problems(cfg: Any) -> list[str]:
         _choice("model.hidden_activation", cfg.model.hidden_activation, HIDDEN_ACTIVATIONS.names()),
         _choice("model.init", cfg.model.init, INIT_SCHEMES),
         _choice("train.reduction", cfg.train.reduction, REDUCTIONS),
+        _choice("train.dtype", cfg.train.dtype, DTYPES),
     ]
     t = cfg.train
     lr = _resolved_lr(cfg)

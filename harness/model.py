@@ -5,6 +5,10 @@ Samples are rows: zˡ = aˡ⁻¹ Wˡ + bˡ, aˡ = f(zˡ), with Wˡ of shape (n_i
 - (BP1) δᴸ is given by the delta rule (the object of study; see :mod:`harness.deltas`);
 - (BP2) δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f′(zˡ) for hidden layers;
 - (BP3) ∂C/∂bˡ = Σₙ δˡ;  (BP4) ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ   (summed over the batch; the caller scales).
+
+:meth:`MLP.backward` returns the gradients; :meth:`MLP.descend` is the same backprop fused with the SGD
+update (the training loop's hot path): it scales the small (m × k) error instead of every (n_in × n_out)
+gradient and subtracts each gradient from its weights through one preallocated buffer.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class MLP:
         self.use_bias = biases is not None
         self.hidden = hidden
         self.output = output
+        self._grad_buffers: dict[int, np.ndarray] = {}  # descend()'s per-layer ∂C/∂W scratch space
 
     @classmethod
     def nielsen_init(cls, sizes: list[int], hidden: Activation, output: Activation, rng: np.random.Generator) -> MLP:
@@ -63,6 +68,7 @@ class MLP:
         scheme: str = "nielsen",
         bias: bool = True,
         constant: tuple[float, float] = (0.0, 0.0),
+        dtype: np.dtype | type = np.float64,
     ) -> MLP:
         """A new network; ``scheme`` is one of :data:`INIT_SCHEMES`:
 
@@ -70,6 +76,9 @@ class MLP:
         - ``uniform``: W, b ~ U[−1, 1) (the ``2 * np.random.random(shape) - 1`` of numpy XOR programs);
         - ``constant``: every weight = ``constant[0]``, every bias = ``constant[1]`` (Nielsen's chapter-3
           single neuron starts at (w, b) = (0.6, 0.9) or (2.0, 2.0)).
+
+        The draws are made in float64 and then rounded to ``dtype``, so a float32 network starts from the
+        float64 one's weights (same seed, same starting point).
         """
         shapes = list(zip(sizes, sizes[1:]))
         if scheme == "nielsen":
@@ -83,6 +92,8 @@ class MLP:
             biases = [np.full(n_out, float(constant[1])) for _, n_out in shapes]
         else:
             raise KeyError(f"unknown init scheme {scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")
+        weights = [w.astype(dtype, copy=False) for w in weights]
+        biases = [b.astype(dtype, copy=False) for b in biases]
         return cls(weights, biases if bias else None, hidden, output)
 
     @property
@@ -99,7 +110,9 @@ class MLP:
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
             cache.inputs.append(a)
-            z = a @ w + self.biases[i] if self.use_bias else a @ w
+            z = a @ w
+            if self.use_bias:
+                z += self.biases[i]  # in place: one temporary fewer than a @ w + b
             cache.zs.append(z)
             a = (self.output if i == last else self.hidden).value(z)
         return cache, a
@@ -120,8 +133,34 @@ class MLP:
                 delta = (delta @ self.weights[i].T) * self.hidden.derivative(cache.zs[i - 1])
         return grad_w, grad_b if self.use_bias else []
 
+    def descend(self, cache: Forward, delta_out: np.ndarray, step: float) -> None:
+        """One SGD step from the output error δᴸ: Wˡ ← Wˡ − step · aˡ⁻¹ᵀ δˡ, bˡ ← bˡ − step · Σₙ δˡ.
+
+        The same backprop as :meth:`backward` (BP2 uses each Wˡ⁺¹ *before* its update), but the scale is
+        applied once to the (m × k) error, since aᵀ(step · δ) = step · aᵀδ, and each gradient is written
+        into a reused buffer and subtracted in place: no gradient lists, no (n_in × n_out) temporaries.
+        """
+        delta = delta_out * step
+        for i in range(len(self.weights) - 1, -1, -1):
+            w = self.weights[i]
+            grad = self._grad_buffer(i, w)
+            np.matmul(cache.inputs[i].T, delta, out=grad)
+            if self.use_bias:
+                b = self.biases[i]
+                np.subtract(b, delta.sum(axis=0), out=b)
+            if i > 0:
+                delta = delta @ w.T
+                delta *= self.hidden.derivative(cache.zs[i - 1])
+            np.subtract(w, grad, out=w)
+
+    def _grad_buffer(self, i: int, w: np.ndarray) -> np.ndarray:
+        buf = self._grad_buffers.get(i)
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype:
+            buf = self._grad_buffers[i] = np.empty_like(w)
+        return buf
+
     def is_finite(self) -> bool:
-        return all(np.all(np.isfinite(p)) for p in self.parameters())
+        return all(np.isfinite(p).all() for p in self.parameters())
 
     def __repr__(self) -> str:
         return f"MLP(sizes={self.sizes}, hidden={self.hidden.name}, output={self.output.name})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,9 +44,13 @@ class TrainResult:
 
 def accuracy(a: np.ndarray, y: np.ndarray) -> float:
     """Fraction of samples whose predicted class is the target class (argmax; one output: a ≥ ½)."""
+    # count / n equals np.mean of the booleans exactly (integer counts are exact in float64), without
+    # np.mean's Python-level wrapper: this runs twice per evaluated epoch.
     if y.shape[1] == 1:
-        return float(np.mean((a[:, 0] >= 0.5) == (y[:, 0] >= 0.5)))
-    return float(np.mean(np.argmax(a, axis=1) == np.argmax(y, axis=1)))
+        hits = (a[:, 0] >= 0.5) == (y[:, 0] >= 0.5)
+    else:
+        hits = a.argmax(axis=1) == y.argmax(axis=1)
+    return np.count_nonzero(hits) / len(hits)
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:
@@ -59,18 +63,30 @@ def cosine(u: np.ndarray, v: np.ndarray) -> float:
 
 def evaluate(model: MLP, data: Dataset, loss: Loss, rule: DeltaRule) -> dict[str, float]:
     """The five epoch metrics, on the whole training and test sets."""
+    return _evaluate(model, data, loss, rule)[0]
+
+
+def _evaluate(model: MLP, data: Dataset, loss: Loss, rule: DeltaRule) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate`, and the training-set outputs aᴸ it computed (so the caller need not recompute them).
+
+    Each forward pass is done once: the test pass is skipped when the test set *is* the training set (XOR),
+    and the chain-rule δ is reused when the rule is the chain rule.
+    """
     cache, a = model.forward(data.x_train)
     z = cache.z_out
     true = DELTA_RULES["chain"].delta(loss, model.output, z, a, data.y_train)
-    used = rule.delta(loss, model.output, z, a, data.y_train)
-    a_test = model.predict(data.x_test)
-    return {
-        "train_loss": _loss_or_nan(loss, a, data.y_train),
-        "train_accuracy": accuracy(a, data.y_train),
-        "test_loss": _loss_or_nan(loss, a_test, data.y_test),
-        "test_accuracy": accuracy(a_test, data.y_test),
-        "grad_cosine": cosine(used, true) if np.all(np.isfinite(true)) else float("nan"),
+    used = true if rule is DELTA_RULES["chain"] else rule.delta(loss, model.output, z, a, data.y_train)
+    same = data.x_test is data.x_train and data.y_test is data.y_train
+    a_test = a if same else model.predict(data.x_test)
+    train_loss, train_accuracy = _loss_or_nan(loss, a, data.y_train), accuracy(a, data.y_train)
+    metrics = {
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "test_loss": train_loss if same else _loss_or_nan(loss, a_test, data.y_test),
+        "test_accuracy": train_accuracy if same else accuracy(a_test, data.y_test),
+        "grad_cosine": cosine(used, true) if np.isfinite(true).all() else float("nan"),
     }
+    return metrics, a
 
 
 def _loss_or_nan(loss: Loss, a: np.ndarray, y: np.ndarray) -> float:
@@ -79,19 +95,30 @@ def _loss_or_nan(loss: Loss, a: np.ndarray, y: np.ndarray) -> float:
 
 def outcome_of(model: MLP, data: Dataset, loss: Loss) -> str | None:
     """``diverged`` / ``undefined`` when training must stop, else None."""
+    return _outcome(model, model.predict(data.x_train), data.y_train, loss, None)
+
+
+def _outcome(model: MLP, a: np.ndarray, y: np.ndarray, loss: Loss, train_loss: float | None) -> str | None:
+    """:func:`outcome_of` given the training outputs ``a`` (and their loss or NaN, if already computed).
+
+    A finite ``train_loss`` from :func:`_loss_or_nan` implies the loss was defined, so the domain check
+    only runs when something is already wrong.
+    """
     if not model.is_finite():
         return "diverged"
-    a = model.predict(data.x_train)
-    if not np.all(np.isfinite(a)):
+    if not np.isfinite(a).all():
         return "diverged"
-    if not loss.defined(a, data.y_train):
+    if train_loss is not None and np.isfinite(train_loss):
+        return None
+    if not loss.defined(a, y):
         return "undefined"
-    if not np.isfinite(loss.mean(a, data.y_train)):
+    if not np.isfinite(loss.mean(a, y) if train_loss is None else train_loss):
         return "diverged"
     return None
 
 
 REDUCTIONS = ("mean", "sum")
+DTYPES = ("float64", "float32")
 
 
 def sgd_epoch(
@@ -108,17 +135,15 @@ def sgd_epoch(
 
     ``reduction="mean"`` steps by (η/m)·Σ∇ (Nielsen); ``"sum"`` by η·Σ∇ (numpy XOR programs' ``W += l1.T @ d``).
     """
-    n = len(data.x_train)
+    x_all, y_all, output = data.x_train, data.y_train, model.output
+    n = len(x_all)
     perm = rng.permutation(n)
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
-        x, y = data.x_train[idx], data.y_train[idx]
+        x, y = x_all[idx], y_all[idx]
         cache, a = model.forward(x)
-        delta = rule.delta(loss, model.output, cache.z_out, a, y)
-        grad_w, grad_b = model.backward(cache, delta)
-        step = lr / len(idx) if reduction == "mean" else lr
-        for p, g in zip(model.parameters(), [*grad_w, *grad_b]):
-            p -= step * g
+        delta = rule.delta(loss, output, cache.z_out, a, y)
+        model.descend(cache, delta, lr / len(idx) if reduction == "mean" else lr)
 
 
 def train(
@@ -151,18 +176,32 @@ def train(
                 bar.update(1)
                 if epoch % eval_every and epoch != epochs:
                     continue
-            metrics = evaluate(model, data, loss, rule)
+            metrics, a = _evaluate(model, data, loss, rule)
             result.history.append(metrics)
             result.epochs.append(epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            stop = outcome_of(model, data, loss)
+            stop = _outcome(model, a, data.y_train, loss, metrics["train_loss"])
             if stop is not None:
                 result.outcome = stop
                 break
             bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", acc=f"{metrics['test_accuracy']:.3f}")
     bar.close()
     return result
+
+
+def as_dtype(data: Dataset, dtype: np.dtype | type | str) -> Dataset:
+    """``data`` with every array in ``dtype`` (``float32`` halves the memory traffic of each step).
+
+    The test arrays stay the very same objects as the training ones when they were (XOR), so
+    :func:`evaluate` still knows it need not run the test pass.
+    """
+    dtype = np.dtype(dtype)
+    x, y = data.x_train.astype(dtype, copy=False), data.y_train.astype(dtype, copy=False)
+    same = data.x_test is data.x_train and data.y_test is data.y_train
+    x_test = x if same else data.x_test.astype(dtype, copy=False)
+    y_test = y if same else data.y_test.astype(dtype, copy=False)
+    return replace(data, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
 
 
 def _progress(epochs: int, enabled: bool | None):

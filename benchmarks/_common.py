@@ -1,0 +1,114 @@
+"""What every benchmark shares: the machine header, interleaved timing with medians, tables, ratio lines.
+
+Absolute times on a shared machine are noisy; ratios of medians of *interleaved* repeats are not much:
+each repeat runs every contender once, in turn, so a burst of load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def header(title: str, packages: tuple[str, ...] = ("numpy",), **settings: object) -> None:
+    """Print the benchmark's title, the machine, its load, the library versions and the settings."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
+    print(f"# {title}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}")
+    print(f"load average (1/5/15 min) at start: {' / '.join(f'{x:.2f}' for x in load)}")
+    versions = ", ".join(f"{p} {version(p)}" for p in packages)
+    print(f"python {platform.python_version()}, {versions}")
+    if settings:
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print(flush=True)
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process and its waited-for descendants.
+
+    On a busy shared machine a command's wall time says more about the neighbours than about the command;
+    its CPU time barely moves. CPU time / cores is what the wall time would be on an idle machine if the
+    work spread perfectly over the cores.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def footer() -> None:
+    """Print the load average at the end (the machine may be shared: compare with the one at the start)."""
+    if hasattr(os, "getloadavg"):
+        print(f"load average (1/5/15 min) at end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], repeats: int, factory: bool = False
+) -> dict[str, list[float]]:
+    """Wall times of ``repeats`` rounds; each round runs every contender once, in turn (round-robin).
+
+    With ``factory=True`` each contender is a factory called untimed before each repeat (fresh weights,
+    say) that returns the callable to time.
+    """
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            go = fn() if factory else fn
+            start = time.perf_counter()
+            go()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    """Median and the min–max range, e.g. ``0.123 s [0.120–0.131]``."""
+    return f"{median(xs):.4g} s [{min(xs):.3g}–{max(xs):.3g}]"
+
+
+def table(rows: list[list[str]], head: list[str]) -> None:
+    """A GitHub-markdown table (readable in a terminal and pasteable into the README)."""
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    print(line(head))
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for r in rows:
+        print(line(r))
+    print(flush=True)
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "MET" if ok else "MISSED"
+
+
+def python() -> str:
+    """The interpreter running this benchmark (its venv has the harness installed)."""
+    return sys.executable

@@ -1,0 +1,141 @@
+"""The fast training loop: the fused step, the evaluation shortcuts and float32 change speed, not results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.config import ConfigError, validate
+from harness.data import load
+from harness.deltas import DELTA_RULES
+from harness.losses import LOSSES
+from harness.model import MLP
+from harness.train import as_dtype, evaluate, outcome_of, sgd_epoch, train
+
+
+def _net(sizes, bias=True, seed=3, hidden="tanh", output="softmax", dtype=np.float64):
+    return MLP.initialise(
+        sizes, HIDDEN_ACTIVATIONS[hidden], OUTPUT_ACTIVATIONS[output], np.random.default_rng(seed), bias=bias,
+        dtype=dtype,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_descend_is_backward_then_the_sgd_update(bias):
+    # Reference: the unfused step, gradients from backward() (itself checked against finite differences
+    # in test_train.py), then p ← p − step·g for every parameter at once.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 3)), np.eye(2)[rng.integers(0, 2, 7)]
+    fused, plain = _net([3, 5, 4, 2], bias), _net([3, 5, 4, 2], bias)
+    loss, rule, step = LOSSES["cce"], DELTA_RULES["chain"], 0.3 / 7
+    for _ in range(3):  # a few steps, so a stale buffer or a weight updated too early would show
+        cache, a = plain.forward(x)
+        grad_w, grad_b = plain.backward(cache, rule.delta(loss, plain.output, cache.z_out, a, y))
+        for p, g in zip(plain.parameters(), [*grad_w, *grad_b]):
+            p -= step * g
+        cache, a = fused.forward(x)
+        fused.descend(cache, rule.delta(loss, fused.output, cache.z_out, a, y), step)
+    assert len(fused.parameters()) == (6 if bias else 3)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
+
+
+def test_evaluate_shortcuts_give_the_metrics_of_separate_passes():
+    # XOR's test set is its training set (the same arrays): evaluate() skips the test pass. A copy of the
+    # data with *equal but distinct* test arrays takes the long way; the metrics must be identical.
+    xor = load("xor")
+    copied = dataclasses.replace(xor, x_test=xor.x_test.copy(), y_test=xor.y_test.copy())
+    model = _net([2, 4, 2], output="sigmoid")
+    for rule in ("ng", "chain"):
+        fast = evaluate(model, xor, LOSSES["mse"], DELTA_RULES[rule])
+        slow = evaluate(model, copied, LOSSES["mse"], DELTA_RULES[rule])
+        assert fast == slow
+        assert fast["test_loss"] == fast["train_loss"]
+    assert evaluate(model, xor, LOSSES["mse"], DELTA_RULES["chain"])["grad_cosine"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_train_stops_with_the_outcome_outcome_of_reports():
+    # train() reuses the evaluation's outputs to decide the outcome; outcome_of() recomputes them.
+    data, loss = load("xor"), LOSSES["bce"]
+    model = _net([2, 4, 2], output="tanh", hidden="sigmoid")
+    r = train(model, data, loss, DELTA_RULES["ng"], epochs=50, lr=2.0, batch_size=4,
+              rng=np.random.default_rng(1), progress=False)  # fmt: skip
+    assert r.outcome == "undefined" == outcome_of(model, data, loss)
+
+
+def test_float32_training_stays_float32_and_tracks_float64():
+    data64 = load("xor")
+    data32 = as_dtype(data64, "float32")
+    assert data32.x_train.dtype == np.float32 and data32.x_test is data32.x_train  # XOR's shortcut survives
+    runs = {}
+    for name, data in (("64", data64), ("32", data32)):
+        model = _net([2, 4, 2], output="sigmoid", hidden="sigmoid", dtype=data.x_train.dtype)
+        runs[name] = train(model, data, LOSSES["bce"], DELTA_RULES["ng"], epochs=100, lr=2.0, batch_size=4,
+                           rng=np.random.default_rng(1), progress=False)  # fmt: skip
+        assert all(p.dtype == data.x_train.dtype for p in model.parameters())
+    # same starting weights (float32 = rounded float64) and shuffles: the runs differ only by rounding
+    assert runs["32"].final["train_loss"] == pytest.approx(runs["64"].final["train_loss"], rel=1e-4)
+    assert runs["32"].history[0]["train_loss"] != runs["64"].history[0]["train_loss"]  # really single precision
+
+
+def test_sgd_epoch_in_float32_matches_float64_step():
+    data = load("xor")
+    m64 = _net([2, 3, 2], output="identity")
+    m32 = MLP([w.astype(np.float32) for w in m64.weights], [b.astype(np.float32) for b in m64.biases],
+              m64.hidden, m64.output)  # fmt: skip
+    for m, d in ((m64, data), (m32, as_dtype(data, np.float32))):
+        sgd_epoch(m, d, LOSSES["mse"], DELTA_RULES["ng"], 0.1, 2, np.random.default_rng(5))
+    for p, q in zip(m32.parameters(), m64.parameters()):
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_dtype_is_rejected_naming_the_key(compose_cfg):
+    with pytest.raises(ConfigError, match=r"train\.dtype='float16' is not a known option; allowed: float64, float32"):
+        validate(compose_cfg("train.dtype=float16"))
+    validate(compose_cfg("train.dtype=float32"))
+
+
+def test_a_float32_run_is_logged_like_any_other(compose_cfg, store):
+    from mlflow import MlflowClient
+
+    from harness.app import run_job
+
+    result = run_job(compose_cfg(f"tracking.uri={store}", "train.dtype=float32", "train.epochs=20"))
+    run = MlflowClient(store).get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.dtype"] == "float32"
+    assert isinstance(result["train_loss"], float) and np.isfinite(result["train_loss"])
+
+
+def _sigmoid_reference(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _sigmoid_prime_reference(z):
+    e = np.exp(-np.abs(z))
+    return e / (1.0 + e) ** 2
+
+
+def _softmax_reference(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_activations_give_the_same_bits_as_the_textbook_forms(dtype):
+    # The in-place forms in harness.activations must not change a single result: same bits as the
+    # straightforward expressions (which test_math.py checks against finite differences).
+    z = np.random.default_rng(0).normal(0, 20, (50, 7)).astype(dtype)
+    z[0, :5] = [0.0, -0.0, 800.0, -800.0, 1e-30]
+    sig, sm = OUTPUT_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["softmax"]
+    for got, want in (
+        (sig.value(z), _sigmoid_reference(z)),
+        (sig.derivative(z), _sigmoid_prime_reference(z)),
+        (sm.value(z), _softmax_reference(z)),
+    ):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)

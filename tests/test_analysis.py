@@ -56,8 +56,10 @@ def test_histories_match_mlflow_per_run_calls(sweep):
     study = analysis.load("tiny", uri=sweep)
     c = MlflowClient(sweep)
     ids = study.runs["run_id"].tolist()
-    bulk = analysis._bulk_history(c, ids, "train_loss")  # one query, not one call per run
-    assert bulk is not None and {r[0] for r in bulk} == set(ids)
+    fast = analysis._sql_history(c, ids, ["train_loss"])  # one query, not one call per run
+    assert fast is not None and set(fast["run_id"]) == set(ids)
+    slow = analysis._api_history(c, ids[:2], analysis.METRICS)
+    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])]) * len(analysis.METRICS)
     for run_id in study.runs["run_id"][:3]:
         for key in analysis.METRICS:
             ref = {m.step: m.value for m in c.get_metric_history(run_id, key)}

@@ -273,8 +273,13 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
     same = pd.DataFrame([row("nielsen", "exact", 10.0, 1.0, (1, 1), 50, (40, 60)),
                          row("ng", "mismatched", 1.0, 1.0, (1, 1), 55, (45, 70))])  # fmt: skip
     text = _fairness(same)
-    assert "In 1 of 1 (pair, mismatched rule) cases" in text and "costs nothing measurable" in text
+    assert "Of 1 (pair, mismatched rule) cases" in text and "in 1, worse in 0 and better in 0" in text
+    assert "costs nothing measurable" in text
     assert "η = 1: accuracy 1 [1, 1], epochs 55 [45, 70]" in text
     slower = same.assign(epochs_low=[40, 200], epochs=[50, 250], epochs_high=[60, 300])
     text = _fairness(slower)
-    assert "In 0 of 1" in text and "does not make up for it" in text
+    assert "in 0, worse in 1 and better in 0" in text and "does not make up for the mismatch" in text
+    better = same.assign(ci_low=[0.5, 1.0], estimate=[0.6, 1.0], ci_high=[0.7, 1.0])  # exact rule fails to train
+    assert "better in 1" in _fairness(better) and "the mismatched rule does better" in _fairness(better)
+    never = same.assign(estimate=math.nan)
+    assert "No rule trained at any rate on mse + sigmoid" in _fairness(never)

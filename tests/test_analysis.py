@@ -248,9 +248,10 @@ def test_lr_plots():
     g = plots.lr_sensitivity(summary)
     assert g.axes.shape == (1, 1) and g.axes[0, 0].get_xscale() == "log"
     fig = plots.best_lr(analysis.best_lr(summary))
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["mse + sigmoid"]
-    assert {t.get_text() for t in ax.texts} == {"10"}  # both rules' best rate is annotated
+    top, bottom = fig.axes
+    assert [t.get_text() for t in bottom.get_xticklabels()] == ["mse + sigmoid"]
+    assert [t.get_text() for t in top.texts] == ["10", "10"]  # both rules' best rate is annotated
+    assert bottom.get_ylabel() == "epochs to threshold at best lr"
 
 
 def test_at_best_lr_keeps_only_each_triples_chosen_rate():

@@ -29,7 +29,7 @@ PARENT_TAG = "mlflow.parentRunId"
 # Accuracy that counts as "trained": XOR is solved when all four points are right; MNIST at 85 % test
 # accuracy (a 784-30-10 net passes it in 1–2 epochs with an exact rule).
 THRESHOLDS = {"xor": 1.0, "xor1": 1.0, "mnist": 0.85}
-HISTORY_CHUNK = 100  # run ids per bulk history query (MLflow's own bulk endpoint allows 100)
+HISTORY_CHUNK = 100  # run ids per history query (keeps the SQL IN (...) list short)
 
 
 class AnalysisError(LookupError):
@@ -130,34 +130,52 @@ def runs_frame(runs: list) -> pd.DataFrame:
     return frame
 
 
-def _bulk_history(client, run_ids: list[str], key: str) -> list[tuple[str, int, float]] | None:
-    """(run_id, step, value) of ``key`` for many runs in one query, when the store offers it (SQL stores)."""
+def _sql_history(client, run_ids: list[str], metrics: Sequence[str]) -> pd.DataFrame | None:
+    """(run_id, metric, epoch, value) straight from a SQL store's ``metrics`` table, one query per 100 runs.
+
+    Selecting four columns skips building an MLflow ``Metric`` object per value: 600,000 values load in
+    ≈ 5 s instead of ≈ 60 s (the store's ``get_metric_history_bulk``) or ≈ 100 s (``get_metric_history``
+    per run and metric). Uses MLflow's SQLAlchemy model, so None (→ the public API) for any other store.
+    """
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    bulk = getattr(store, "get_metric_history_bulk", None)
-    if bulk is None:
+    if not hasattr(store, "ManagedSessionMaker"):
+        return None
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+    except ImportError:  # a future MLflow moved it: the public API still works
         return None
     rows = []
-    for start in range(0, len(run_ids), HISTORY_CHUNK):
-        for m in bulk(run_ids[start : start + HISTORY_CHUNK], key, None):
-            rows.append((m.run_id, m.step, m.value))
-    return rows
+    with store.ManagedSessionMaker() as session:
+        for start in range(0, len(run_ids), HISTORY_CHUNK):
+            columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
+            query = session.query(*columns).filter(
+                SqlMetric.run_uuid.in_(run_ids[start : start + HISTORY_CHUNK]), SqlMetric.key.in_(list(metrics))
+            )
+            rows.extend(query.all())
+    frame = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value", "is_nan"])
+    # MLflow stores NaN as value 0 with is_nan set (as its own Metric entities decode it)
+    frame["value"] = frame["value"].where(~frame["is_nan"].astype(bool), np.nan)
+    return frame.drop(columns="is_nan")
+
+
+def _api_history(client, run_ids: list[str], metrics: Sequence[str]) -> pd.DataFrame:
+    rows = [
+        (rid, key, m.step, m.value) for rid in run_ids for key in metrics for m in client.get_metric_history(rid, key)
+    ]
+    return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
 
 
 def histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Every logged value of ``metrics`` as one row per (run_id, epoch), one column per metric.
 
-    On a SQL store this is one query per metric per 100 runs (the store's bulk history call); on other
-    stores it falls back to one ``get_metric_history`` call per run and metric.
+    On a SQL store (SQLite, PostgreSQL, ...) a few column queries; otherwise one ``get_metric_history``
+    call per run and metric.
     """
     client = _client(uri)
     run_ids = list(run_ids)
-    long = []
-    for key in metrics:
-        rows = _bulk_history(client, run_ids, key)
-        if rows is None:
-            rows = [(rid, m.step, m.value) for rid in run_ids for m in client.get_metric_history(rid, key)]
-        long.append(pd.DataFrame(rows, columns=["run_id", "epoch", "value"]).assign(metric=key))
-    tall = pd.concat(long, ignore_index=True)
+    tall = _sql_history(client, run_ids, metrics)
+    if tall is None:
+        tall = _api_history(client, run_ids, metrics)
     if tall.empty:
         return pd.DataFrame(columns=["run_id", "epoch", *metrics])
     # groupby/unstack, not pivot_table(dropna=False): that would add every (run, epoch) combination
@@ -167,10 +185,11 @@ def histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str] = METRICS
     return wide
 
 
-def load(experiment: str, uri: str | None = None, parent_run_id: str | None = None) -> Study:
-    """The latest sweep of ``experiment`` (or the sweep under ``parent_run_id``) as a :class:`Study`.
+def locate(experiment: str, uri: str | None = None, parent_run_id: str | None = None) -> Study:
+    """The runs of the latest sweep of ``experiment`` (or of the sweep under ``parent_run_id``), without their
+    histories (``frame`` is empty): cheap, for checking that there is something to report.
 
-    Raises :class:`AnalysisError` when the experiment does not exist or has no FINISHED run.
+    Raises :class:`AnalysisError` when the store or the experiment does not exist or has no FINISHED run.
     """
     from harness.tracking import resolve_uri
 
@@ -198,8 +217,15 @@ def load(experiment: str, uri: str | None = None, parent_run_id: str | None = No
             f"experiment {experiment!r} in {uri} has no finished runs in {where} "
             f"({len(table)} runs, none FINISHED): nothing to report."
         )
-    frame = histories(uri, table["run_id"].tolist()).merge(table, on="run_id", how="left")
-    return Study(experiment, uri, parent, table, frame.sort_values(["run_id", "epoch"], ignore_index=True))
+    return Study(experiment, uri, parent, table, pd.DataFrame())
+
+
+def load(experiment: str, uri: str | None = None, parent_run_id: str | None = None) -> Study:
+    """:func:`locate`, plus every run's metric histories in ``frame`` (one row per run × logged epoch)."""
+    study = locate(experiment, uri, parent_run_id)
+    frame = histories(study.uri, study.runs["run_id"].tolist()).merge(study.runs, on="run_id", how="left")
+    study.frame = frame.sort_values(["run_id", "epoch"], ignore_index=True)
+    return study
 
 
 # ------------------------------------------------------------------------------------------- per run

@@ -212,24 +212,32 @@ def lr_sensitivity(summary: pd.DataFrame, value: str = "final_accuracy") -> sns.
 
 
 def best_lr(best: pd.DataFrame, value: str = "final_accuracy") -> plt.Figure:
-    """Each triple at its own best rate (from :func:`harness.analysis.best_lr`), with its 95 % CI."""
+    """Each triple at its own best rate (from :func:`harness.analysis.best_lr`): the value and the epochs to
+    threshold there, with 95 % CIs; the label is that rate. A triple with no finite value is marked ✕."""
     data = best.assign(pair=best["loss"] + " + " + best["activation"]).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * data["pair"].nunique() * 3), 3.6))
     pairs = list(dict.fromkeys(data["pair"]))
     rules = _order(data["delta"], RULE_ORDER)
     width = 0.8 / max(1, len(rules))
-    for k, rule in enumerate(rules):
-        part = data[data["delta"] == rule]
-        x = np.array([pairs.index(p) for p in part["pair"]]) + (k - (len(rules) - 1) / 2) * width
-        err = np.array([part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]]).clip(min=0)
-        ax.errorbar(x, part["estimate"], yerr=err, fmt="o", color=PALETTE[rule], label=rule, capsize=2)
-        for xi, (_, row) in zip(x, part.iterrows()):
-            ax.annotate(
-                f"{row['best_lr']:g}", (xi, row["estimate"]), fontsize=6, xytext=(2, 3), textcoords="offset points"
+    fig, axes = plt.subplots(2, 1, figsize=(min(14.0, 1.1 * len(pairs) + 2), 6.5), sharex=True)
+    panels = [(axes[0], "estimate", "ci_low", "ci_high", f"{value} at best lr"),
+              (axes[1], "epochs", "epochs_low", "epochs_high", "epochs to threshold at best lr")]  # fmt: skip
+    for ax, col, lo, hi, label in panels:
+        for k, rule in enumerate(rules):
+            part = data[data["delta"] == rule]
+            x = np.array([pairs.index(p) for p in part["pair"]]) + (k - (len(rules) - 1) / 2) * width
+            ok = np.isfinite(part[col].to_numpy(dtype=float))
+            err = np.array([part[col] - part[lo], part[hi] - part[col]], dtype=float)[:, ok]
+            err = np.nan_to_num(err, nan=0.0, posinf=0.0).clip(min=0)
+            ax.errorbar(x[ok], part[col][ok], yerr=err, fmt="o", color=PALETTE[rule], label=rule, capsize=2)
+            ax.scatter(
+                x[~ok], np.zeros((~ok).sum()), marker="x", color=PALETTE[rule], transform=ax.get_xaxis_transform()
             )
-    ax.set_xticks(range(len(pairs)), pairs, rotation=45, ha="right")
-    ax.set_ylabel(f"{value} at best lr")
-    ax.legend(title="δ rule")
-    ax.set_title("Each triple at its own best learning rate (label = that rate; bars = 95 % CI over seeds)")
+            for xi, r, y in zip(x[ok], part["best_lr"][ok], part[col][ok]):
+                ax.annotate(f"{r:g}", (xi, y), fontsize=6, xytext=(2, 3), textcoords="offset points")
+        ax.set_ylabel(label)
+    axes[0].legend(title="δ rule", fontsize=7)
+    axes[1].set_xticks(range(len(pairs)), pairs, rotation=45, ha="right")
+    fig.suptitle("Each triple at its own best learning rate (label = the rate; bars = 95 % CI over seeds; "
+                 "✕ at the bottom = no finished run / never reached)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig

@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from harness.analysis import AnalysisError, load
+from harness.analysis import AnalysisError, locate
 
 KERNEL = "python3"
 TIMEOUT = 1200  # seconds per cell: a large sweep's figures take a while on a loaded machine
@@ -204,7 +204,7 @@ def write_report(
     from harness.tracking import client, resolve_uri
 
     uri = resolve_uri(uri)
-    study = load(experiment, uri=uri, parent_run_id=parent_run_id)  # fails fast, with one clear message
+    study = locate(experiment, uri=uri, parent_run_id=parent_run_id)  # fails fast, with one clear message
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     nb = execute(build(experiment, uri, study.parent_run_id), out)

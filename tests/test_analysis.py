@@ -56,8 +56,10 @@ def test_histories_match_mlflow_per_run_calls(sweep):
     study = analysis.load("tiny", uri=sweep)
     c = MlflowClient(sweep)
     ids = study.runs["run_id"].tolist()
-    bulk = analysis._bulk_history(c, ids, "train_loss")  # one query, not one call per run
-    assert bulk is not None and {r[0] for r in bulk} == set(ids)
+    fast = analysis._sql_history(c, ids, ["train_loss"])  # one query, not one call per run
+    assert fast is not None and set(fast["run_id"]) == set(ids)
+    slow = analysis._api_history(c, ids[:2], analysis.METRICS)
+    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])]) * len(analysis.METRICS)
     for run_id in study.runs["run_id"][:3]:
         for key in analysis.METRICS:
             ref = {m.step: m.value for m in c.get_metric_history(run_id, key)}
@@ -246,9 +248,10 @@ def test_lr_plots():
     g = plots.lr_sensitivity(summary)
     assert g.axes.shape == (1, 1) and g.axes[0, 0].get_xscale() == "log"
     fig = plots.best_lr(analysis.best_lr(summary))
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["mse + sigmoid"]
-    assert {t.get_text() for t in ax.texts} == {"10"}  # both rules' best rate is annotated
+    top, bottom = fig.axes
+    assert [t.get_text() for t in bottom.get_xticklabels()] == ["mse + sigmoid"]
+    assert [t.get_text() for t in top.texts] == ["10", "10"]  # both rules' best rate is annotated
+    assert bottom.get_ylabel() == "epochs to threshold at best lr"
 
 
 def test_at_best_lr_keeps_only_each_triples_chosen_rate():
@@ -271,8 +274,13 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
     same = pd.DataFrame([row("nielsen", "exact", 10.0, 1.0, (1, 1), 50, (40, 60)),
                          row("ng", "mismatched", 1.0, 1.0, (1, 1), 55, (45, 70))])  # fmt: skip
     text = _fairness(same)
-    assert "In 1 of 1 (pair, mismatched rule) cases" in text and "costs nothing measurable" in text
+    assert "Of 1 (pair, mismatched rule) cases" in text and "in 1, worse in 0 and better in 0" in text
+    assert "costs nothing measurable" in text
     assert "η = 1: accuracy 1 [1, 1], epochs 55 [45, 70]" in text
     slower = same.assign(epochs_low=[40, 200], epochs=[50, 250], epochs_high=[60, 300])
     text = _fairness(slower)
-    assert "In 0 of 1" in text and "does not make up for it" in text
+    assert "in 0, worse in 1 and better in 0" in text and "does not make up for the mismatch" in text
+    better = same.assign(ci_low=[0.5, 1.0], estimate=[0.6, 1.0], ci_high=[0.7, 1.0])  # exact rule fails to train
+    assert "better in 1" in _fairness(better) and "the mismatched rule does better" in _fairness(better)
+    never = same.assign(estimate=math.nan)
+    assert "No rule trained at any rate on mse + sigmoid" in _fairness(never)

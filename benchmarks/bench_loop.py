@@ -385,7 +385,12 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            'bench_loop.py compares against PyTorch: pip install -e ".[bench]" (torch==2.13.0, CPU)'
+        ) from None
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)

@@ -67,20 +67,26 @@ def footer() -> None:
 
 
 def interleaved(
-    contenders: dict[str, Callable[[], object]], repeats: int, factory: bool = False
+    contenders: dict[str, Callable[[], object]],
+    repeats: int,
+    factory: bool = False,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Wall times of ``repeats`` rounds; each round runs every contender once, in turn (round-robin).
 
     With ``factory=True`` each contender is a factory called untimed before each repeat (fresh weights,
-    say) that returns the callable to time.
+    say) that returns the callable to time. A ``cpu`` dict receives this process's CPU times of the same
+    runs (steadier than wall time when the machine is shared and the contenders are single-threaded).
     """
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
             go = fn() if factory else fn
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             go()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - start_cpu)
     return times
 
 

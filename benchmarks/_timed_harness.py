@@ -17,11 +17,13 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 OUT = os.environ["BENCH_TIMINGS"]
-_acc = {"mlflow": 0.0, "train": 0.0}
+_acc: dict[str, float] = {"mlflow": 0.0, "train": 0.0}  # plus "mlflow.<call>": time per kind of MLflow call
 _depth = {"mlflow": 0}
 
 
 def _timed(kind: str, fn):
+    label = f"mlflow.{fn.__name__}"
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if kind == "mlflow" and _depth["mlflow"]:  # a tracked call inside another: count the outer one only
@@ -35,6 +37,8 @@ def _timed(kind: str, fn):
             if kind == "train":  # train() calls the metric logger every epoch: that time is MLflow's
                 elapsed -= _acc["mlflow"] - tracked_before
             _acc[kind] += elapsed
+            if kind == "mlflow":
+                _acc[label] = _acc.get(label, 0.0) + elapsed
             _depth["mlflow"] -= kind == "mlflow"
 
     return wrapper
@@ -57,6 +61,7 @@ def _patch() -> None:
     inner = sweep.job
 
     def job(cfg):
+        _acc.clear()
         _acc.update(mlflow=0.0, train=0.0)
         start = time.perf_counter()
         try:

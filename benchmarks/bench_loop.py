@@ -335,11 +335,13 @@ def check_agreement(s: Setup) -> str:
     return f"{ref:.6g} (max rel. diff {worst:.1e})"
 
 
-def run_case(case: Case, repeats: int) -> tuple[list[list[str]], dict[str, float]]:
+def run_case(case: Case, repeats: int) -> tuple[list[list[str]], dict[str, float], dict[str, float]]:
     s = Setup(case)
     agreed = check_agreement(s)
-    times = interleaved({name: (lambda f=f: f(s)) for name, f in CONTENDERS.items()}, repeats, factory=True)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved({name: (lambda f=f: f(s)) for name, f in CONTENDERS.items()}, repeats, True, cpu)
     med = {name: median(t) for name, t in times.items()}
+    med_cpu = {name: median(t) for name, t in cpu.items()}
     steps = len(s.batch_sizes()) * case.epochs
     gflops = s.flops() / 1e9
     rows = []
@@ -348,11 +350,13 @@ def run_case(case: Case, repeats: int) -> tuple[list[list[str]], dict[str, float
             [case.label, name, f"{t:.4f}", f"{t / steps * 1e6:.1f}", f"{gflops / t:.2f}", f"{t / med['harness']:.2f}×"]
         )
     rows[0][0] += f"  (final loss {agreed})"
-    return rows, med | {"gflops": gflops}
+    for row, t in zip(rows, med_cpu.values()):
+        row.append(f"{t / med_cpu['harness']:.2f}×")
+    return rows, med | {"gflops": gflops}, med_cpu | {"gflops": gflops}
 
 
-def ratio_lines(results: dict[Case, dict[str, float]]) -> None:
-    print("## Ratios (medians of interleaved repeats)")
+def ratio_lines(results: dict[Case, dict[str, float]], clock: str) -> None:
+    print(f"## Ratios ({clock}: medians of interleaved repeats)")
     for case, med in results.items():
         h = med["harness"]
         torch_x, nielsen_x, floor_share = med["pytorch"] / h, med["nielsen"] / h, med["gemm-floor"] / h
@@ -372,6 +376,7 @@ def ratio_lines(results: dict[Case, dict[str, float]]) -> None:
             f"with per-epoch metrics {med['harness+metrics']:.4f} s vs PyTorch+eval {med['pytorch+eval']:.4f} s "
             f"({med['pytorch+eval'] / med['harness+metrics']:.1f}×).{target}"
         )
+    print()
 
 
 def main() -> None:
@@ -385,7 +390,12 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            'bench_loop.py compares against PyTorch: pip install -e ".[bench]" (torch==2.13.0, CPU)'
+        ) from None
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
@@ -394,17 +404,19 @@ def main() -> None:
         ("numpy", "torch", "threadpoolctl"), repeats=repeats, threads=args.threads,
     )  # fmt: skip
     results: dict[Case, dict[str, float]] = {}
+    results_cpu: dict[Case, dict[str, float]] = {}
     rows: list[list[str]] = []
     with threadpool_limits(args.threads):
         for case in cases(args.quick):
             if args.only not in case.label:
                 continue
-            case_rows, results[case] = run_case(case, repeats)
+            case_rows, results[case], results_cpu[case] = run_case(case, repeats)
             rows += case_rows
             print(f"done: {case.label}", flush=True)
     print()
-    table(rows, ["case", "contender", "median s", "µs/step", "GFLOP/s", "× harness time"])
-    ratio_lines(results)
+    table(rows, ["case", "contender", "median s", "µs/step", "GFLOP/s", "× harness time", "× harness CPU"])
+    ratio_lines(results, "wall time")
+    ratio_lines(results_cpu, "CPU time of this process, steadier on a shared machine")
 
 
 if __name__ == "__main__":

@@ -57,13 +57,19 @@ def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launcher", choices=LAUNCHERS, default="joblib")
+    parser.add_argument(
+        "--blas-threads", type=int, default=None, help="set OPENBLAS/OMP_NUM_THREADS for every job (default: unset)"
+    )
     parser.add_argument("--keep", default=None, help="directory to run in and keep (default: a temporary one)")
     parser.add_argument("extra", nargs="*", help="extra overrides for both sweeps")
     args = parser.parse_args()
+    if args.blas_threads is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
     header(
         "The whole study: xor_grid + mnist_grid + their reports, end to end",
         ("numpy", "mlflow", "hydra-core", "hydra-joblib-launcher", "nbclient", "seaborn"), launcher=args.launcher,
-        extra=" ".join(args.extra) or "none",
+        extra=" ".join(args.extra) or "none", blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"),
     )  # fmt: skip
     missing = missing_parts()
     if missing:

@@ -106,6 +106,19 @@ def summarise(dataset: str, runs: list[tuple[list[dict], dict, float]]) -> tuple
     return row, stats
 
 
+def breakdown(runs: dict[str, list]) -> None:
+    """Median milliseconds per job in each kind of MLflow call (the outermost call counts)."""
+    rows = []
+    for dataset, r in runs.items():
+        jobs = [j for js, _, _ in r for j in js]
+        calls = sorted({k for j in jobs for k in j if k.startswith("mlflow.")})
+        rows += [
+            [dataset, c.removeprefix("mlflow."), f"{median([j.get(c, 0.0) for j in jobs]) * 1e3:.1f}"] for c in calls
+        ]
+    print("MLflow time per job by call (median ms; log_metrics includes the flushes it triggers):")
+    table(rows, ["sweep", "call", "ms per job"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="sweeps per dataset, interleaved")
@@ -135,6 +148,7 @@ def main() -> None:
         ["sweep", "jobs", "total s", "launch s", "job s", "train s", "mlflow s", "mlflow share", "job−train s",
          "hydra gap s", "overhead/job s"],
     )  # fmt: skip
+    breakdown(runs)
     mlflow_import = import_cost("mlflow", max(args.repeats, 3))
     print("## Ratios (medians over jobs and repeats)")
     for dataset, s in stats.items():

@@ -105,17 +105,17 @@ class MLP:
 
     def forward(self, x: np.ndarray) -> tuple[Forward, np.ndarray]:
         """Forward pass; returns the cache for backprop and the output activation aᴸ."""
-        cache = Forward()
+        inputs, zs = [], []
         a = x
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
-            cache.inputs.append(a)
+            inputs.append(a)
             z = a @ w
             if self.use_bias:
                 z += self.biases[i]  # in place: one temporary fewer than a @ w + b
-            cache.zs.append(z)
+            zs.append(z)
             a = (self.output if i == last else self.hidden).value(z)
-        return cache, a
+        return Forward(inputs, zs), a
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)[1]
@@ -141,23 +141,20 @@ class MLP:
         into a reused buffer and subtracted in place: no gradient lists, no (n_in × n_out) temporaries.
         """
         delta = delta_out * step
+        buffers = self._grad_buffers
         for i in range(len(self.weights) - 1, -1, -1):
             w = self.weights[i]
-            grad = self._grad_buffer(i, w)
+            grad = buffers.get(i)
+            if grad is None or grad.shape != w.shape or grad.dtype != w.dtype:
+                grad = buffers[i] = np.empty_like(w)
             np.matmul(cache.inputs[i].T, delta, out=grad)
             if self.use_bias:
                 b = self.biases[i]
-                np.subtract(b, delta.sum(axis=0), out=b)
+                np.subtract(b, np.add.reduce(delta, axis=0), out=b)  # Σₙ δ: ndarray.sum without its wrapper
             if i > 0:
                 delta = delta @ w.T
                 delta *= self.hidden.derivative(cache.zs[i - 1])
             np.subtract(w, grad, out=w)
-
-    def _grad_buffer(self, i: int, w: np.ndarray) -> np.ndarray:
-        buf = self._grad_buffers.get(i)
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype:
-            buf = self._grad_buffers[i] = np.empty_like(w)
-        return buf
 
     def is_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.parameters())

@@ -59,7 +59,17 @@ def job(cfg: DictConfig) -> float:
             result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
     except ConfigError as err:
         report_config_error(err)
+    print(summary_line(cfg, result, uri))
     return float(result["test_accuracy"])
+
+
+def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str) -> str:
+    """One line per job: what ran, how it ended, its final numbers and where its run is."""
+    return (
+        f"harness: {cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name} on {cfg.dataset.name} (seed {cfg.seed}): "
+        f"{result['outcome']}, train_loss {result['train_loss']:.4g}, test_accuracy {result['test_accuracy']:.3f}; "
+        f"run {result['run_id']} in {uri}"
+    )
 
 
 def blas_threads(hc: DictConfig) -> int | None:

@@ -149,6 +149,7 @@ def test_single_run_from_another_directory_and_determinism(tmp_path):
     for _ in range(2):
         p = harness("train.epochs=20", "seed=5", cwd=sub)
         assert p.returncode == 0, p.stderr
+        assert "harness: bce-sigmoid-ng on xor (seed 5): completed, train_loss " in p.stdout
     c = MlflowClient(f"sqlite:///{sub / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
     assert len(runs) == 2 and all("mlflow.parentRunId" not in r.data.tags for r in runs)

@@ -139,3 +139,34 @@ def test_fast_activations_give_the_same_bits_as_the_textbook_forms(dtype):
     ):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, want)
+
+
+def _bench_loop():
+    """benchmarks/bench_loop.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "bench_loop" in sys.modules:
+        return sys.modules["bench_loop"]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loop.py"
+    spec = importlib.util.spec_from_file_location("bench_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_loop"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "case",
+    [("xor", 4, "sigmoid", "bce", 2.0, 4, 100), ("mnist", 30, "softmax", "cce", 0.5, 10, 1)],
+    ids=["xor", "mnist-mb10"],
+)
+def test_fused_loop_trains_like_nielsens_per_sample_loop(case):
+    # An independent reference: the benchmark's transcription of Nielsen's network2.py (column vectors,
+    # one backprop per sample, gradients summed in lists), from the same weights in the same order.
+    bench = _bench_loop()
+    setup = bench.Setup(bench.Case(*case, dtype="float64"))
+    ours, nielsen = bench.harness_loop(setup)(), bench.nielsen_loop(setup)()
+    assert ours == pytest.approx(nielsen, rel=1e-9)
+    assert ours < setup.final_loss(setup.init.predict(setup.data.x_train))  # and it did learn

@@ -37,6 +37,8 @@ def test_every_preset_composes_validates_and_is_in_the_template_idiom(compose_cf
     cfg = compose_cfg(f"+experiment={name}")
     validate(cfg)
     assert cfg.tracking.experiment == name and cfg.report.auto is True and name in cfg.tags
+    # a study is a sweep: `python -m harness +experiment=NAME` must sweep without -m
+    assert OmegaConf.load(ROOT / "experiments" / f"{name}.yaml").hydra.mode == "MULTIRUN"
 
 
 def grid(compose_cfg, name: str) -> list[dict[str, str]]:

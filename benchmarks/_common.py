@@ -10,6 +10,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -118,3 +119,15 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
 def python() -> str:
     """The interpreter running this benchmark (its venv has the harness installed)."""
     return sys.executable
+
+
+def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
+    """Wall time and CPU time (of the command and every process it started) of ``cmd``."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONWARNINGS"] = "ignore"
+    start, cpu = time.perf_counter(), children_cpu()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
+    if proc.returncode != 0:
+        raise SystemExit(f"failed after {wall:.1f} s: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return wall, cpu

@@ -20,14 +20,12 @@ import argparse
 import importlib.util
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, children_cpu, footer, header, python, table, verdict  # noqa: E402
+from _common import ROOT, footer, header, python, table, timed, verdict  # noqa: E402
 
 PRESETS = ("xor_grid", "mnist_grid")
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -40,18 +38,6 @@ def missing_parts() -> list[str]:
     if importlib.util.find_spec("harness.report") is None:
         missing.append("harness/report.py (python -m harness.report)")
     return missing
-
-
-def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
-    """Wall time and CPU time (of the command and every process it started) of ``cmd``."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONWARNINGS"] = "ignore"
-    start, cpu = time.perf_counter(), children_cpu()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
-    if proc.returncode != 0:
-        raise SystemExit(f"failed after {wall:.1f} s: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return wall, cpu
 
 
 def main() -> None:

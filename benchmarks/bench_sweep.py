@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import children_cpu, footer, header, median, python, spread, table, verdict  # noqa: E402
+from _common import footer, header, median, python, spread, table, timed, verdict  # noqa: E402
 
 GRID = ["dataset=mnist", "loss=bce,mse,cce", "activation=sigmoid,softmax,identity,tanh", "delta=ng,nielsen,chain"]
 LAUNCHERS = {"basic": [], "joblib-2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -39,13 +37,7 @@ def run_statuses(db: Path) -> dict[str, int]:
 def sweep(launcher: str, extra: list[str]) -> tuple[float, float, dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         cmd = [python(), "-m", "harness", "-m", *GRID, *LAUNCHERS[launcher], *extra, f"hydra.sweep.dir={tmp}/multirun"]
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["PYTHONWARNINGS"] = "ignore"
-        start, cpu = time.perf_counter(), children_cpu()
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-        wall, cpu = time.perf_counter() - start, children_cpu() - cpu
-        if proc.returncode != 0:
-            raise SystemExit(f"{launcher} sweep failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+        wall, cpu = timed(cmd, cwd=tmp)
         return wall, cpu, run_statuses(Path(tmp, "mlflow.db"))
 
 

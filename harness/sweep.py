@@ -24,9 +24,9 @@ from harness.config import ConfigError, validate
 _parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
 
 
-def sweep_dir(config: DictConfig) -> str:
+def sweep_dir(cwd: str, directory: str) -> str:
     """Absolute sweep directory (the key that ties jobs to their parent run)."""
-    return str(Path(config.hydra.runtime.cwd, config.hydra.sweep.dir).resolve())
+    return str(Path(cwd, directory).resolve())
 
 
 def job(cfg: DictConfig) -> float:
@@ -47,7 +47,7 @@ def job(cfg: DictConfig) -> float:
             return float(done.data.metrics.get("test_accuracy", float("nan")))
     parent, tags = None, {}
     if hc.mode == RunMode.MULTIRUN:
-        directory = str(Path(cwd, hc.sweep.dir).resolve())
+        directory = sweep_dir(cwd, hc.sweep.dir)
         tags = {"harness.job": str(hc.job.num), "harness.overrides": " ".join(hc.overrides.task)}
         if _parent.get("sweep_dir") == directory:
             parent = _parent["run"].run_id
@@ -163,7 +163,7 @@ class SweepCallback(Callback):
 
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
         ensure_experiment(uri, config.tracking.experiment)
-        directory = sweep_dir(config)
+        directory = sweep_dir(config.hydra.runtime.cwd, config.hydra.sweep.dir)
         choices = config.hydra.runtime.choices
         name = choices.get("experiment") or "sweep"
         tags = {"harness.sweep_dir": directory, "harness.overrides": " ".join(config.hydra.overrides.task)}

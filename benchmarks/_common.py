@@ -131,3 +131,10 @@ def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"failed after {wall:.1f} s: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return wall, cpu
+
+
+def set_blas_threads(n: int | None) -> None:
+    """Set the BLAS thread count for every process started from now on (None: leave it unset)."""
+    if n is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)

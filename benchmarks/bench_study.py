@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, footer, header, python, table, timed, verdict  # noqa: E402
+from _common import ROOT, footer, header, python, set_blas_threads, table, timed, verdict  # noqa: E402
 
 PRESETS = ("xor_grid", "mnist_grid")
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -49,9 +49,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="directory to run in and keep (default: a temporary one)")
     parser.add_argument("extra", nargs="*", help="extra overrides for both sweeps")
     args = parser.parse_args()
-    if args.blas_threads is not None:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.blas_threads)
+    set_blas_threads(args.blas_threads)
     header(
         "The whole study: xor_grid + mnist_grid + their reports, end to end",
         ("numpy", "mlflow", "hydra-core", "hydra-joblib-launcher", "nbclient", "seaborn"), launcher=args.launcher,

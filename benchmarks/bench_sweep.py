@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, header, median, python, spread, table, timed, verdict  # noqa: E402
+from _common import footer, header, median, python, set_blas_threads, spread, table, timed, verdict  # noqa: E402
 
 GRID = ["dataset=mnist", "loss=bce,mse,cce", "activation=sigmoid,softmax,identity,tanh", "delta=ng,nielsen,chain"]
 LAUNCHERS = {"basic": [], "joblib-2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
@@ -49,9 +49,7 @@ def main() -> None:
     )
     parser.add_argument("extra", nargs="*", help="extra overrides for both sweeps, e.g. train.epochs=2")
     args = parser.parse_args()
-    if args.blas_threads is not None:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.blas_threads)
+    set_blas_threads(args.blas_threads)
     header(
         "Sweep throughput: 36-triple MNIST grid, basic launcher vs joblib with 2 workers",
         ("numpy", "mlflow", "hydra-core", "hydra-joblib-launcher", "joblib"), repeats=args.repeats,

@@ -180,14 +180,18 @@ def torch_loop(s: Setup, evaluate: bool = False):
     perms = [torch.from_numpy(p) for p in s.perms]
     bs = s.case.batch_size
 
+    def step(xb, yb) -> None:
+        optimiser.zero_grad()
+        loss_fn(net(xb), yb).backward()
+        optimiser.step()
+
     def go() -> float:
         for perm in perms:
-            for start in range(0, len(perm), bs):
+            if bs >= len(perm):  # full batch: no shuffle, no indexing (as the harness's loop)
+                step(x, y)
+            for start in range(0, len(perm), bs) if bs < len(perm) else ():
                 idx = perm[start : start + bs]
-                optimiser.zero_grad()
-                loss = loss_fn(net(x[idx]), y[idx])
-                loss.backward()
-                optimiser.step()
+                step(x[idx], y[idx])
             if evaluate:
                 with torch.no_grad():
                     for xs, ys in ((x, y), (x_test, y_test)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
@@ -134,16 +135,20 @@ def sgd_epoch(
     """One pass over a fresh shuffle of the training set in minibatches of ``batch_size``.
 
     ``reduction="mean"`` steps by (η/m)·Σ∇ (Nielsen); ``"sum"`` by η·Σ∇ (numpy XOR programs' ``W += l1.T @ d``).
+    A full batch (``batch_size ≥ n``) is not shuffled: its one step sums over the same samples in any order.
     """
-    x_all, y_all, output = data.x_train, data.y_train, model.output
+    x_all, y_all = data.x_train, data.y_train
     n = len(x_all)
+    output_error = partial(rule.delta, loss, model.output)
+    if batch_size >= n:
+        model.sgd_step(x_all, y_all, output_error, lr / n if reduction == "mean" else lr)
+        return
     perm = rng.permutation(n)
+    # A gather per minibatch, not one of the whole epoch: each minibatch is then hot in the cache for
+    # its products (one 28 MB gather of MNIST per epoch measured 3× slower in total).
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
-        x, y = x_all[idx], y_all[idx]
-        cache, a = model.forward(x)
-        delta = rule.delta(loss, output, cache.z_out, a, y)
-        model.descend(cache, delta, lr / len(idx) if reduction == "mean" else lr)
+        model.sgd_step(x_all[idx], y_all[idx], output_error, lr / len(idx) if reduction == "mean" else lr)
 
 
 def train(

@@ -23,24 +23,30 @@ def _net(sizes, bias=True, seed=3, hidden="tanh", output="softmax", dtype=np.flo
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("hidden", ["sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_descend_is_backward_then_the_sgd_update(bias):
+def test_sgd_step_is_forward_backward_then_the_sgd_update(bias, hidden):
     # Reference: the unfused step, gradients from backward() (itself checked against finite differences
-    # in test_train.py), then p ← p − step·g for every parameter at once.
+    # in test_train.py, with f′(z) computed from z), then p ← p − step·g for every parameter at once.
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(7, 3)), np.eye(2)[rng.integers(0, 2, 7)]
-    fused, plain = _net([3, 5, 4, 2], bias), _net([3, 5, 4, 2], bias)
     loss, rule, step = LOSSES["cce"], DELTA_RULES["chain"], 0.3 / 7
-    for _ in range(3):  # a few steps, so a stale buffer or a weight updated too early would show
+    fused, plain = _net([3, 5, 4, 2], bias, hidden=hidden), _net([3, 5, 4, 2], bias, hidden=hidden)
+    for m in (7, 7, 3, 7):  # a few steps and two batch sizes: a stale buffer or an early update would show
+        x, y = rng.normal(size=(m, 3)), np.eye(2)[rng.integers(0, 2, m)]
         cache, a = plain.forward(x)
         grad_w, grad_b = plain.backward(cache, rule.delta(loss, plain.output, cache.z_out, a, y))
         for p, g in zip(plain.parameters(), [*grad_w, *grad_b]):
             p -= step * g
-        cache, a = fused.forward(x)
-        fused.descend(cache, rule.delta(loss, fused.output, cache.z_out, a, y), step)
+        fused.sgd_step(x, y, lambda z, a, y: rule.delta(loss, fused.output, z, a, y), step)
     assert len(fused.parameters()) == (6 if bias else 3)
     for p, q in zip(fused.parameters(), plain.parameters()):
-        np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_step_rejects_a_batch_of_another_dtype():
+    model = _net([2, 3, 2])
+    with pytest.raises(TypeError, match="float32"):
+        model.sgd_step(np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32), lambda z, a, y: a - y, 0.1)
 
 
 def test_evaluate_shortcuts_give_the_metrics_of_separate_passes():
@@ -126,19 +132,40 @@ def _softmax_reference(z):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fast_activations_give_the_same_bits_as_the_textbook_forms(dtype):
-    # The in-place forms in harness.activations must not change a single result: same bits as the
-    # straightforward expressions (which test_math.py checks against finite differences).
+def test_fast_activations_agree_with_the_textbook_forms(dtype):
+    # The in-place forms in harness.activations against the straightforward expressions (which
+    # test_math.py checks against finite differences): softmax and σ′ to the bit; σ (scipy's expit, one
+    # pass instead of six) to 4 ulp, including where σ rounds to 0 or 1.
     z = np.random.default_rng(0).normal(0, 20, (50, 7)).astype(dtype)
     z[0, :5] = [0.0, -0.0, 800.0, -800.0, 1e-30]
     sig, sm = OUTPUT_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["softmax"]
-    for got, want in (
-        (sig.value(z), _sigmoid_reference(z)),
-        (sig.derivative(z), _sigmoid_prime_reference(z)),
-        (sm.value(z), _softmax_reference(z)),
-    ):
+    for got, want in ((sig.derivative(z), _sigmoid_prime_reference(z)), (sm.value(z), _softmax_reference(z))):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, want)
+    got = sig.value(z)
+    assert got.dtype == dtype
+    np.testing.assert_array_max_ulp(got, _sigmoid_reference(z).astype(dtype), maxulp=4)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+def test_derivative_from_value_matches_central_differences(name):
+    # f′ from a = f(z), against float64 central differences of f (away from relu's kink at 0).
+    act = HIDDEN_ACTIVATIONS[name]
+    z = np.random.default_rng(1).normal(0, 3, (40, 6))
+    z = z[np.abs(z).min(axis=1) > 1e-3]
+    h = 1e-6
+    numeric = (act.value(z + h) - act.value(z - h)) / (2 * h)
+    got = act.derivative_from_value(act.value(z), out=np.empty_like(z))
+    np.testing.assert_allclose(got, numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_activations_write_into_out_when_given():
+    z = np.random.default_rng(2).normal(0, 3, (5, 4))
+    for act in [*(OUTPUT_ACTIVATIONS[n] for n in OUTPUT_ACTIVATIONS), HIDDEN_ACTIVATIONS["relu"]]:
+        out = np.empty_like(z)
+        got = act.value(z, out=out)
+        np.testing.assert_array_equal(got, act.value(z))
+        assert got is out
 
 
 def _bench_loop():

@@ -158,12 +158,12 @@ class Softmax(Activation):
     elementwise = False
 
     def value(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        # Subtracting the row max leaves s unchanged and keeps exp() ≤ 1. (In place, and the array
-        # methods rather than np.max / np.sum, whose Python wrappers cost more than a small row.)
+        # Subtracting the row max leaves s unchanged and keeps exp() ≤ 1. (In place, and the ufuncs'
+        # own reductions rather than np.max / np.sum, whose Python wrappers cost more than a small row.)
         z = _floating(z)
-        e = np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
+        e = np.subtract(z, np.maximum.reduce(z, axis=-1, keepdims=True), out=out)
         np.exp(e, out=e)
-        e /= e.sum(axis=-1, keepdims=True)
+        e /= np.add.reduce(e, axis=-1, keepdims=True)
         return e
 
     def derivative(self, z: np.ndarray) -> np.ndarray:

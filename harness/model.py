@@ -46,6 +46,7 @@ class Workspace:
 
     def __init__(self, weights: list[np.ndarray], m: int) -> None:
         dtype = weights[0].dtype
+        self.key = (m, dtype)
         self.zs = [np.empty((m, w.shape[1]), dtype) for w in weights]  # zˡ
         self.acts = [np.empty((m, w.shape[1]), dtype) for w in weights]  # aˡ = f(zˡ)
         self.deltas = [np.empty((m, w.shape[1]), dtype) for w in weights]  # step · δˡ
@@ -71,6 +72,7 @@ class MLP:
         self.hidden = hidden
         self.output = output
         self._workspaces: dict[tuple[int, np.dtype], Workspace] = {}  # sgd_step's buffers per batch size
+        self._last_workspace: Workspace | None = None
 
     @classmethod
     def nielsen_init(cls, sizes: list[int], hidden: Activation, output: Activation, rng: np.random.Generator) -> MLP:
@@ -181,12 +183,16 @@ class MLP:
             np.subtract(w, grad, out=w)
 
     def _workspace(self, m: int, dtype: np.dtype) -> Workspace:
+        ws = self._last_workspace
+        if ws is not None and ws.key == (m, dtype):  # the common case: the same batch size as last step
+            return ws
         key = (m, dtype)
         ws = self._workspaces.get(key)
         if ws is None:
             if dtype != self.weights[0].dtype:
                 raise TypeError(f"batch dtype {dtype} differs from the weights' {self.weights[0].dtype}")
             ws = self._workspaces[key] = Workspace(self.weights, m)
+        self._last_workspace = ws
         return ws
 
     def is_finite(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import posixpath
 import socket
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 MAX_METRICS_PER_BATCH = 1000
+# The SQL path has no per-call limit, and each transaction costs a commit (2-15 ms on SQLite): buffer up to
+# 20,000 values (≈ 2 MB; still written at least every ``flush_seconds``), so XOR's 5,005 go in one.
+MAX_SQL_BUFFER = 20000
 MAX_PARAM_LENGTH = 6000
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SWEEP_TAG = "harness.sweep_dir"
@@ -91,22 +95,25 @@ def _sql_store(mlflow_client: Any) -> Any | None:
     return store if isinstance(store, SqlAlchemyStore) and all(hasattr(store, n) for n in needed) else None
 
 
-def _write_sql(store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping[str, str]) -> None:
-    """Write metric values and tags to an active run of a SQL store in ONE transaction.
+def _write_sql(
+    store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping[str, str], status: str | None = None
+) -> None:
+    """Write metric values and tags (and end the run with ``status``) on a SQL store in ONE transaction.
 
     Why: MLflow's ``SqlAlchemyStore.log_batch`` adds one ORM ``SqlMetric`` object per value to a session,
-    and the unit of work costs ≈ 75 µs per value (measured, GC off), while the same rows as one Core
-    ``executemany`` cost ≈ 4 µs; each ``log_batch`` is also several sessions (one per kind of entity) and a
-    commit. So: one bulk insert into ``SqlMetric.__table__``, then MLflow's own
-    ``_update_latest_metrics_if_necessary`` with one ``SqlMetric`` per key (the batch's latest by
-    (step, timestamp, value), first one on ties, as MLflow's loop keeps it), then the tags as
-    ``SqlTag`` merges (what ``SqlAlchemyStore.set_tag`` does).
+    and that unit of work costs ≈ 75 µs per value (measured, GC off), while the same rows as one Core
+    ``executemany`` cost 4-10 µs; each ``log_batch`` also opens several sessions (one per kind of entity),
+    and every transaction that writes pays a commit (2-15 ms on SQLite). So: one bulk insert into
+    ``SqlMetric.__table__``, then MLflow's own ``_update_latest_metrics_if_necessary`` with one
+    ``SqlMetric`` per key (the batch's latest by (step, timestamp, value), the first one on ties, as
+    MLflow's loop keeps it), then the tags as ``SqlTag`` merges (what ``SqlAlchemyStore.set_tag`` does),
+    then ``status`` and ``end_time`` on the run row (what ``set_terminated`` → ``update_run_info`` does).
 
-    Same semantics as ``log_batch``: MLflow's validation (per distinct key: the values are floats and
-    the steps ints by construction in ``Run.log_metrics``), its sanitation (NaN stored as is_nan/0,
-    ±Inf as ±float max), identical values within the batch written once, the run must exist and be
-    active. A value already in the table raises (as ``MlflowException`` caused by an ``IntegrityError``):
-    the caller then falls back to ``log_batch``, whose recovery skips existing rows.
+    Same semantics as ``log_batch``: MLflow's validation (per distinct key; the values are floats and
+    the steps ints by construction in ``Run.log_metrics``), its sanitation (NaN stored as is_nan/0, ±Inf
+    as ±float max; only non-finite values need it), identical values within the batch written once, the
+    run must exist and be active. A value already in the table raises (an ``MlflowException`` caused by
+    an ``IntegrityError``): the caller then falls back to ``log_batch``, whose recovery skips such rows.
 
     Relies on MLflow's schema and store internals (``metrics`` / ``latest_metrics`` / ``tags`` tables,
     ``ManagedSessionMaker``, ``_get_run``): mlflow is pinned ``<3.18`` in pyproject.toml and
@@ -122,7 +129,7 @@ def _write_sql(store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping
     for key, raw, timestamp, step in metrics:
         if key not in latest:
             _validate_metric(key, raw, timestamp, step)
-        is_nan, value = store.sanitize_metric_value(raw)
+        is_nan, value = (False, raw) if math.isfinite(raw) else store.sanitize_metric_value(raw)
         identity = (key, timestamp, step, value, is_nan)
         if identity in seen:
             continue
@@ -134,7 +141,8 @@ def _write_sql(store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping
             latest[key] = (step, timestamp, value, is_nan)
     checked_tags = [_validate_tag(k, v) for k, v in tags.items()]
     with store.ManagedSessionMaker(read_only=False) as session:
-        store._check_run_is_active(store._get_run(session=session, run_uuid=run_id))
+        run = store._get_run(session=session, run_uuid=run_id)
+        store._check_run_is_active(run)
         if rows:
             session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
             instances = [
@@ -144,6 +152,8 @@ def _write_sql(store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping
             store._update_latest_metrics_if_necessary(instances, session)
         for tag in checked_tags:
             session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+        if status is not None:
+            run.status, run.end_time = status, int(time.time() * 1000)
 
 
 class Run:
@@ -201,12 +211,13 @@ class Run:
         self._write([], {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
-        """Buffer one step's metrics (at ``timestamp`` ms since the epoch, default now); written when the
-        buffer holds 1,000 values or every few seconds."""
+        """Buffer one step's metrics (at ``timestamp`` ms since the epoch, default now); written every
+        ``flush_seconds`` or when the buffer is full (1,000 values, ``MAX_SQL_BUFFER`` on a SQL store)."""
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         step = int(step)
         self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
-        if len(self._buffer) >= MAX_METRICS_PER_BATCH or time.monotonic() - self._last_flush > self.flush_seconds:
+        full = MAX_SQL_BUFFER if self._sql() is not None else MAX_METRICS_PER_BATCH
+        if len(self._buffer) >= full or time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
 
     def flush(self, tags: Mapping[str, Any] | None = None) -> None:
@@ -215,26 +226,33 @@ class Run:
         self._write(buffer, {k: str(v) for k, v in (tags or {}).items()})
         self._last_flush = time.monotonic()
 
-    def _write(self, metrics: list[_MetricRow], tags: Mapping[str, str]) -> None:
-        """``_write_sql`` when the store allows it, else ``MlflowClient.log_batch`` (≤ 1,000 per call)."""
+    def _sql(self) -> Any | None:
+        """The store for ``_write_sql`` (None if there is none), looked up on first use only."""
+        if self._store is ...:
+            self._store = _sql_store(self.client)
+        return self._store
+
+    def _write(self, metrics: list[_MetricRow], tags: Mapping[str, str], status: str | None = None) -> bool:
+        """``_write_sql`` when the store allows it, else ``MlflowClient.log_batch`` (≤ 1,000 per call).
+        Returns whether ``status`` was set too (only ``_write_sql`` does)."""
         import sqlalchemy.exc
         from mlflow.exceptions import MlflowException
         from mlflow.tracking.fluent import get_active_model_id
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-        if not metrics and not tags:
-            return
-        if self._store is ...:
-            self._store = _sql_store(self.client)
+        store = self._sql()
         # log_batch also records metrics of an active logged model, and renames the run on a
         # mlflow.runName tag: neither is in _write_sql, so those go the plain way.
-        if self._store is not None and MLFLOW_RUN_NAME not in tags and get_active_model_id() is None:
+        if store is not None and MLFLOW_RUN_NAME not in tags and get_active_model_id() is None:
             try:
-                return _write_sql(self._store, self.run_id, metrics, tags)
+                _write_sql(store, self.run_id, metrics, tags, status)
+                return status is not None
             except MlflowException as err:
                 if not isinstance(err.__cause__, sqlalchemy.exc.IntegrityError):
                     raise
-        self._log_batch(metrics, tags)
+        if metrics or tags:
+            self._log_batch(metrics, tags)
+        return False
 
     def _log_batch(self, metrics: list[_MetricRow], tags: Mapping[str, str]) -> None:
         from mlflow.entities import Metric, RunTag
@@ -281,22 +299,28 @@ class Run:
             self.client.log_inputs(self.run_id, datasets=[entity])
 
     def end(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> None:
-        """Write the buffered metrics and ``tags`` (one transaction on a SQL store), then set the terminal
-        status (FINISHED, FAILED or KILLED); idempotent. The status is set even if the write fails, and
-        then the tags are tried once more on their own: a run must never stay RUNNING or lose its outcome."""
+        """Write the buffered metrics and ``tags`` and set the terminal status (FINISHED, FAILED or KILLED):
+        one transaction on a SQL store, else ``log_batch`` then ``set_terminated``; idempotent.
+
+        If that write fails, the tags are tried once more on their own and the status is set anyway
+        (``set_terminated``): a run must never stay RUNNING or lose its outcome."""
         if self.ended:
             return
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        text_tags = {k: str(v) for k, v in (tags or {}).items()}
+        buffer, self._buffer = self._buffer, []
+        terminated = False
         try:
-            self.flush(tags)
+            terminated = self._write(buffer, text_tags, status)
         except BaseException:
-            if tags:
+            if text_tags:
                 with contextlib.suppress(Exception):
-                    self.set_tags(tags)
+                    self._write([], text_tags)
             raise
         finally:
-            self.client.set_terminated(self.run_id, status)
+            if not terminated:
+                self.client.set_terminated(self.run_id, status)
             self.ended = True
 
     def __repr__(self) -> str:

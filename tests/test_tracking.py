@@ -21,11 +21,11 @@ INF, NAN = math.inf, math.nan
 def script() -> list[tuple[dict[str, float], int, int] | None]:
     """Calls ``(metrics, step, timestamp)``, ``None`` meaning "flush here": 1,288 values in all."""
     calls: list[tuple[dict[str, float], int, int] | None] = []
-    for step in range(400):  # 1,200 values: the buffer fills at 1,000 and flushes on its own
+    for step in range(400):  # 1,200 values: the test's 500-value buffer flushes after steps 166 and 333
         ts = 1_000_000 + 10 * step
         odd = {5: NAN, 7: INF, 9: -INF, 399: NAN}.get(step, step / 7)
         calls.append(({"loss": 1 / (step + 1), "acc": step / 400, "odd": odd}, step, ts))
-    # Identical to values in the same flush (the buffer flushed on its own after step 333): written once.
+    # Identical to values in the same flush: written once.
     calls.append(({"loss": 1 / 351}, 350, 1_003_500))
     calls.append(({"odd": float("nan")}, 399, 1_003_990))  # another NaN object: equal only once sanitised
     calls.append(({"acc": INF, "odd": -INF}, 200, 1_002_000))  # same step and time, another value
@@ -56,6 +56,7 @@ def latest(c: MlflowClient, run_id: str) -> dict[str, object]:
 
 def test_fast_path_writes_what_log_batch_writes(store, monkeypatch):
     calls = script()
+    monkeypatch.setattr(tracking, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
     fast = Run.start(store, "equiv", "fast")
     fallbacks: list[int] = []
     plain_write = Run._log_batch
@@ -127,10 +128,10 @@ def test_other_stores_use_log_batch(tmp_path, monkeypatch):
 def test_a_failed_final_write_still_ends_the_run_with_its_outcome(store, monkeypatch):
     real = tracking._write_sql
 
-    def fail_with_metrics(store_, run_id, metrics, tags):
+    def fail_with_metrics(store_, run_id, metrics, *args):
         if metrics:
             raise MlflowException("disk full")
-        real(store_, run_id, metrics, tags)
+        real(store_, run_id, metrics, *args)
 
     monkeypatch.setattr(tracking, "_write_sql", fail_with_metrics)
     run = Run.start(store, "equiv", "broken")
@@ -146,7 +147,7 @@ def test_a_run_job_records_everything(compose_cfg, store):
     result = run_job(compose_cfg(f"tracking.uri={store}", f"train.epochs={epochs}", "seed=3"))
     c = MlflowClient(store)
     run = c.get_run(result["run_id"])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.start_time <= run.info.end_time
     assert run.data.tags["outcome"] == result["outcome"] and run.data.tags["epochs_run"] == str(epochs)
     assert run.data.params["train.epochs"] == str(epochs) and run.data.params["loss"] == "bce"
     assert "harness.config_hash" in run.data.tags and run.data.tags["pairing"] == "exact"

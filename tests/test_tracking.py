@@ -157,3 +157,24 @@ def test_a_run_job_records_everything(compose_cfg, store):
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"):
         assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == list(range(epochs + 1))
         assert run.data.metrics[key] == pytest.approx(result[key], nan_ok=True)
+
+
+@pytest.mark.slow
+def test_a_run_job_into_an_http_server_uses_log_batch(compose_cfg, tmp_path, monkeypatch):
+    from servers import MlflowServer
+
+    def no_sql(*args, **kwargs):
+        raise AssertionError("_write_sql called for an HTTP store")
+
+    monkeypatch.setattr(tracking, "_write_sql", no_sql)
+    server = MlflowServer(tmp_path).start()
+    try:
+        result = run_job(compose_cfg(f"tracking.uri={server.uri}", "train.epochs=300"))  # 1,505 values
+        c = MlflowClient(server.uri)
+        run = c.get_run(result["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["outcome"] == result["outcome"]
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: written through the server
+        assert "epochs: 300" in Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "train_loss")) == list(range(301))
+    finally:
+        server.stop()

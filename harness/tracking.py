@@ -8,7 +8,8 @@ Costs measured on SQLite (../shared/FACTS.md): one ``log_metric`` call is a tran
 ``log_batch`` of hundreds of values costs ≈ 67-75 µs per value, almost all of it SQLAlchemy ORM work. So
 metrics are buffered in memory, and written on a SQL store by ``_write_sql`` (one bulk insert and one
 transaction per flush), on any other store (HTTP) with ``log_batch`` in chunks of at most 1,000. Each
-store call is a transaction of 2-5 ms, so the final metrics share one with the outcome tags (``Run.end``).
+store call is a transaction of 2-5 ms, so on a SQL store ``Run.end`` writes the last metrics, the outcome
+tags and the terminal status in one.
 """
 
 from __future__ import annotations
@@ -199,15 +200,16 @@ class Run:
         run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
         return cls(uri, run.info.run_id, artifact_uri=run.info.artifact_uri, mlflow_client=c)
 
-    def log_params(self, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> None:
-        """Log ``params`` (values cut to MLflow's 6,000 characters) and ``tags`` in one ``log_batch``."""
-        from mlflow.entities import Param, RunTag
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log ``params`` (values cut to MLflow's 6,000 characters) in one ``log_batch`` (MLflow splits it
+        into calls of ≤ 100). Tags known at the start go with ``create_run`` instead, the outcome with ``end``."""
+        from mlflow.entities import Param
 
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-        tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        self.client.log_batch(self.run_id, params=items, tags=tag_items)  # MLflow splits it into ≤ 100s
+        self.client.log_batch(self.run_id, params=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set ``tags`` now, with the buffered metrics left buffered."""
         self._write([], {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
@@ -240,6 +242,8 @@ class Run:
         from mlflow.tracking.fluent import get_active_model_id
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+        if not metrics and not tags and status is None:
+            return False
         store = self._sql()
         # log_batch also records metrics of an active logged model, and renames the run on a
         # mlflow.runName tag: neither is in _write_sql, so those go the plain way.

@@ -80,6 +80,7 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 _MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step: a buffered metric value
+_METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # of MLflow's ``metrics`` table
 
 
 def _sql_store(mlflow_client: Any) -> Any | None:
@@ -120,11 +121,10 @@ def _write_sql(
     ``ManagedSessionMaker``, ``_get_run``): mlflow is pinned ``<3.18`` in pyproject.toml and
     tests/test_tracking.py checks the result against ``log_batch`` value by value.
     """
-    import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlTag
     from mlflow.utils.validation import _validate_metric, _validate_tag
 
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[str, float, int, int, bool, str]] = []  # in the order of _METRIC_COLUMNS
     latest: dict[str, tuple[int, int, float, bool]] = {}  # key -> (step, timestamp, value, is_nan)
     seen: set[tuple[str, int, int, float, bool]] = set()
     for key, raw, timestamp, step in metrics:
@@ -135,8 +135,7 @@ def _write_sql(
         if identity in seen:
             continue
         seen.add(identity)
-        rows.append({"run_uuid": run_id, "key": key, "value": value, "timestamp": timestamp, "step": step,
-                     "is_nan": is_nan})  # fmt: skip
+        rows.append((key, value, timestamp, step, is_nan, run_id))
         best = latest.get(key)
         if best is None or (step, timestamp, value) > best[:3]:
             latest[key] = (step, timestamp, value, is_nan)
@@ -145,7 +144,7 @@ def _write_sql(
         run = store._get_run(session=session, run_uuid=run_id)
         store._check_run_is_active(run)
         if rows:
-            session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
+            _insert_metrics(session, SqlMetric.__table__, rows)
             instances = [
                 SqlMetric(run_uuid=run_id, key=k, step=s, timestamp=t, value=v, is_nan=n)
                 for k, (s, t, v, n) in latest.items()
@@ -155,6 +154,28 @@ def _write_sql(
             session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
         if status is not None:
             run.status, run.end_time = status, int(time.time() * 1000)
+
+
+def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]]) -> None:
+    """Insert ``rows`` (in the order of ``_METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``.
+
+    On SQLite, straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row parameter
+    processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and the
+    columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
+    Elsewhere through SQLAlchemy Core, whose multi-row VALUES batches beat most drivers' ``executemany``.
+    """
+    import sqlalchemy
+
+    insert = sqlalchemy.insert(table)
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(insert, [dict(zip(_METRIC_COLUMNS, row)) for row in rows])
+        return
+    compiled = insert.compile(dialect=connection.dialect, column_keys=list(_METRIC_COLUMNS))
+    order = [_METRIC_COLUMNS.index(name) for name in compiled.positiontup]
+    if order != list(range(len(_METRIC_COLUMNS))):
+        rows = [tuple(row[i] for i in order) for row in rows]  # type: ignore[misc]
+    connection.exec_driver_sql(str(compiled), rows)
 
 
 class Run:

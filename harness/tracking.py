@@ -98,14 +98,21 @@ def _sql_store(mlflow_client: Any) -> Any | None:
 
 
 def _write_sql(
-    store: Any, run_id: str, metrics: list[_MetricRow], tags: Mapping[str, str], status: str | None = None
+    store: Any,
+    run_id: str,
+    metrics: list[_MetricRow],
+    tags: Mapping[str, str],
+    status: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> None:
-    """Write metric values and tags (and end the run with ``status``) on a SQL store in ONE transaction.
+    """Write params, metric values and tags (and end the run with ``status``) on a SQL store in ONE
+    transaction.
 
-    Why: MLflow's ``SqlAlchemyStore.log_batch`` adds one ORM ``SqlMetric`` object per value to a session,
+    Why: MLflow's ``SqlAlchemyStore.log_batch`` adds one ORM object per value to a session,
     and that unit of work costs ≈ 75 µs per value (measured, GC off), while the same rows as one Core
     ``executemany`` cost 4-10 µs; each ``log_batch`` also opens several sessions (one per kind of entity),
-    and every transaction that writes pays a commit (2-15 ms on SQLite). So: one bulk insert into
+    and every transaction that writes pays a commit (2-15 ms on SQLite). So: params as ``_log_params``
+    does them (a value may be logged again, not changed) but with one Core insert, one bulk insert into
     ``SqlMetric.__table__``, then MLflow's own ``_update_latest_metrics_if_necessary`` with one
     ``SqlMetric`` per key (the batch's latest by (step, timestamp, value), the first one on ties, as
     MLflow's loop keeps it), then the tags as ``SqlTag`` merges (what ``SqlAlchemyStore.set_tag`` does),
@@ -121,8 +128,11 @@ def _write_sql(
     ``ManagedSessionMaker``, ``_get_run``): mlflow is pinned ``<3.18`` in pyproject.toml and
     tests/test_tracking.py checks the result against ``log_batch`` value by value.
     """
-    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlTag
-    from mlflow.utils.validation import _validate_metric, _validate_tag
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
+    from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
 
     rows: list[tuple[str, float, int, int, bool, str]] = []  # in the order of _METRIC_COLUMNS
     latest: dict[str, tuple[int, int, float, bool]] = {}  # key -> (step, timestamp, value, is_nan)
@@ -140,9 +150,29 @@ def _write_sql(
         if best is None or (step, timestamp, value) > best[:3]:
             latest[key] = (step, timestamp, value, is_nan)
     checked_tags = [_validate_tag(k, v) for k, v in tags.items()]
+    checked_params = [_validate_param(k, v) for k, v in (params or {}).items()]
     with store.ManagedSessionMaker(read_only=False) as session:
         run = store._get_run(session=session, run_uuid=run_id)
         store._check_run_is_active(run)
+        if checked_params:
+            query = sqlalchemy.select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run_id)
+            existing = {key: value for key, value in session.execute(query)}
+            changed = [
+                {"key": p.key, "old_value": existing[p.key], "new_value": p.value}
+                for p in checked_params
+                if p.key in existing and existing[p.key] != p.value
+            ]
+            if changed:  # MLflow's own words
+                raise MlflowException(
+                    f"Changing param values is not allowed. Params were already logged='{changed}' for run "
+                    f"ID='{run_id}'.",
+                    INVALID_PARAMETER_VALUE,
+                )
+            new = [
+                {"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked_params if p.key not in existing
+            ]
+            if new:
+                session.execute(sqlalchemy.insert(SqlParam.__table__), new)
         if rows:
             _insert_metrics(session, SqlMetric.__table__, rows)
             instances = [
@@ -222,12 +252,10 @@ class Run:
         return cls(uri, run.info.run_id, artifact_uri=run.info.artifact_uri, mlflow_client=c)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log ``params`` (values cut to MLflow's 6,000 characters) in one ``log_batch`` (MLflow splits it
-        into calls of ≤ 100). Tags known at the start go with ``create_run`` instead, the outcome with ``end``."""
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-        self.client.log_batch(self.run_id, params=items)
+        """Log ``params`` (values cut to MLflow's 6,000 characters) in one transaction on a SQL store, else
+        one ``log_batch`` (MLflow splits it into calls of ≤ 100). Tags known at the start go with
+        ``create_run`` instead, the outcome with ``end``."""
+        self._write([], {}, params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set ``tags`` now, with the buffered metrics left buffered."""
@@ -255,7 +283,13 @@ class Run:
             self._store = _sql_store(self.client)
         return self._store
 
-    def _write(self, metrics: list[_MetricRow], tags: Mapping[str, str], status: str | None = None) -> bool:
+    def _write(
+        self,
+        metrics: list[_MetricRow],
+        tags: Mapping[str, str],
+        status: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> bool:
         """``_write_sql`` when the store allows it, else ``MlflowClient.log_batch`` (≤ 1,000 per call).
         Returns whether ``status`` was set too (only ``_write_sql`` does)."""
         import sqlalchemy.exc
@@ -263,28 +297,33 @@ class Run:
         from mlflow.tracking.fluent import get_active_model_id
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-        if not metrics and not tags and status is None:
+        if not metrics and not tags and not params and status is None:
             return False
         store = self._sql()
         # log_batch also records metrics of an active logged model, and renames the run on a
         # mlflow.runName tag: neither is in _write_sql, so those go the plain way.
         if store is not None and MLFLOW_RUN_NAME not in tags and get_active_model_id() is None:
             try:
-                _write_sql(store, self.run_id, metrics, tags, status)
+                _write_sql(store, self.run_id, metrics, tags, status, params)
                 return status is not None
             except MlflowException as err:
                 if not isinstance(err.__cause__, sqlalchemy.exc.IntegrityError):
                     raise
-        if metrics or tags:
-            self._log_batch(metrics, tags)
+        if metrics or tags or params:
+            self._log_batch(metrics, tags, params or {})
         return False
 
-    def _log_batch(self, metrics: list[_MetricRow], tags: Mapping[str, str]) -> None:
-        from mlflow.entities import Metric, RunTag
+    def _log_batch(self, metrics: list[_MetricRow], tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
 
         entities = [Metric(k, v, t, s) for k, v, t, s in metrics]
         # MlflowClient.log_batch splits this into calls within MLflow's limits (≤ 1,000 metrics, ≤ 100 tags).
-        self.client.log_batch(self.run_id, metrics=entities, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(
+            self.run_id,
+            metrics=entities,
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as artifact ``artifact_file`` straight to the run's artifact repository.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import harness.tracking as tracking
@@ -64,9 +64,9 @@ def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
     fallbacks: list[int] = []
     plain_write = Run._log_batch
 
-    def counting(self, metrics, tags):
+    def counting(self, metrics, *args):
         fallbacks.append(len(metrics))
-        plain_write(self, metrics, tags)
+        plain_write(self, metrics, *args)
 
     monkeypatch.setattr(Run, "_log_batch", counting)
     c = MlflowClient(store)
@@ -96,6 +96,21 @@ def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
     assert latest(c, fast.run_id) == {"loss": 1 / 400, "acc": "nan", "odd": "nan", "ties": 2.0}
     run = c.get_run(fast.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+
+
+def test_params_as_log_batch_writes_them(store):
+    params = {f"p{i}": i for i in range(150)} | {"long": "x" * 7000, "empty": ""}
+    fast = Run.start(store, "equiv", "params")
+    fast.log_params(params)
+    fast.log_params({"p1": 1})  # the same value again is allowed
+    with pytest.raises(MlflowException, match="Changing param values is not allowed") as err:
+        fast.log_params({"new": 3, "p1": 2})
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    c = MlflowClient(store)
+    plain = c.create_run(ensure_experiment(store, "equiv")).info.run_id
+    c.log_batch(plain, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    got = c.get_run(fast.run_id).data.params
+    assert got == c.get_run(plain).data.params and len(got) == 152 and "new" not in got  # all or nothing
 
 
 def test_fast_path_needs_an_active_run(store):

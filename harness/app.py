@@ -97,7 +97,7 @@ def run_job(
         tags[TAGS_TAG] = ",".join(cfg.tags)
     run = Run.start(resolve_uri(cfg.tracking.uri, cwd), cfg.tracking.experiment, run_name(cfg), tags, parent_run_id)
     freeze_startup_objects()
-    status = "FAILED"
+    status, outcome = "FAILED", {"outcome": "failed"}
     try:
         run.log_params(flat_params(cfg))
         run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -108,19 +108,16 @@ def run_job(
             reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
             on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
         )  # fmt: skip
-        run.set_tags(outcome_tags(result))
-        status = "FINISHED"
+        status, outcome = "FINISHED", outcome_tags(result)
         return {**result.final, "outcome": result.outcome, "run_id": run.run_id}
     except KeyboardInterrupt:
-        status = "KILLED"
-        _best_effort(run.set_tags, {"outcome": "killed"})
+        status, outcome = "KILLED", {"outcome": "killed"}
         raise
     except BaseException:
         _best_effort(run.log_text, traceback.format_exc(), "traceback.txt")
-        _best_effort(run.set_tags, {"outcome": "failed"})
         raise
     finally:
-        run.end(status)
+        run.end(status, tags=outcome)  # the last metrics and the outcome tags in one transaction
 
 
 @cache

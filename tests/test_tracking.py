@@ -1,0 +1,198 @@
+"""The fast SQL write path of ``harness.tracking.Run`` against MLflow's own ``log_batch``, its fallback, and
+a run's record after ``Run.end`` merges the last metrics with the outcome tags."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+
+import harness.tracking as tracking
+from harness.app import run_job
+from harness.tracking import Run, ensure_experiment
+
+INF, NAN = math.inf, math.nan
+
+
+def script() -> list[tuple[dict[str, float], int, int] | None]:
+    """Calls ``(metrics, step, timestamp)``, ``None`` meaning "flush here": 1,288 values in all."""
+    calls: list[tuple[dict[str, float], int, int] | None] = []
+    for step in range(400):  # 1,200 values: the test's 500-value buffer flushes after steps 166 and 333
+        ts = 1_000_000 + 10 * step
+        odd = {5: NAN, 7: INF, 9: -INF, 399: NAN}.get(step, step / 7)
+        calls.append(({"loss": 1 / (step + 1), "acc": step / 400, "odd": odd}, step, ts))
+    # Identical to values in the same flush: written once.
+    calls.append(({"loss": 1 / 351}, 350, 1_003_500))
+    calls.append(({"odd": float("nan")}, 399, 1_003_990))  # another NaN object: equal only once sanitised
+    calls.append(({"acc": INF, "odd": -INF}, 200, 1_002_000))  # same step and time, another value
+    calls.append(None)
+    for step in range(40):  # older steps for loss and odd, newer times: latest stays at step 399
+        calls.append(({"loss": -1.0 - step, "odd": 2.0}, step, 2_000_000 + step))
+    calls.append(({"acc": NAN}, 1000, 3_000_000))  # a newer step: NaN becomes acc's latest value
+    calls.append(({"loss": 1 / 400}, 399, 1_003_990))  # already in the store: MLflow skips it
+    calls.append(({"ties": 2.0}, 1, 5))  # same step and time: the larger value is the latest
+    calls.append(({"ties": 1.0}, 1, 5))
+    return calls
+
+
+def history(c: MlflowClient, run_id: str) -> dict[str, list[tuple]]:
+    """Each key's history as sorted ``(step, timestamp, value)``, NaN as the string ``"nan"``."""
+    keys = c.get_run(run_id).data.metrics
+    return {
+        k: sorted(
+            (m.step, m.timestamp, "nan" if math.isnan(m.value) else m.value) for m in c.get_metric_history(run_id, k)
+        )
+        for k in keys
+    }
+
+
+def latest(c: MlflowClient, run_id: str) -> dict[str, object]:
+    return {k: "nan" if math.isnan(v) else v for k, v in c.get_run(run_id).data.metrics.items()}
+
+
+@pytest.mark.parametrize("insert", ["sqlite driver", "sqlalchemy core"])
+def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
+    calls = script()
+    monkeypatch.setattr(tracking, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
+    fast = Run.start(store, "equiv", "fast")
+    if insert == "sqlalchemy core":  # the insert other databases get
+        monkeypatch.setattr(fast._sql().engine.dialect, "name", "not sqlite")
+    fallbacks: list[int] = []
+    plain_write = Run._log_batch
+
+    def counting(self, metrics, *args):
+        fallbacks.append(len(metrics))
+        plain_write(self, metrics, *args)
+
+    monkeypatch.setattr(Run, "_log_batch", counting)
+    c = MlflowClient(store)
+    plain = c.create_run(ensure_experiment(store, "equiv"), run_name="plain").info.run_id
+    pending: list[Metric] = []
+    for call in calls:
+        if call is None:
+            fast.flush()
+            c.log_batch(plain, metrics=pending)
+            pending = []
+            continue
+        metrics, step, ts = call
+        fast.log_metrics(metrics, step=step, timestamp=ts)
+        pending += [Metric(k, v, ts, step) for k, v in metrics.items()]
+    c.log_batch(plain, metrics=pending)
+    fast.end("FINISHED", tags={"outcome": "completed"})
+
+    # Only the flush holding a value already in the store went through log_batch, and all of it.
+    assert fallbacks == [len(pending)]
+    got, want = history(c, fast.run_id), history(c, plain)
+    assert got == want
+    logged = sum(len(call[0]) for call in calls if call is not None)
+    assert sum(map(len, got.values())) == logged - 3 == 1285  # less two identical values, one re-logged
+    big = 1.7976931348623157e308  # ±Inf is stored as ±float max
+    assert {(5, 1_000_050, "nan"), (7, 1_000_070, big), (9, 1_000_090, -big)} <= set(got["odd"])
+    assert latest(c, fast.run_id) == latest(c, plain)
+    assert latest(c, fast.run_id) == {"loss": 1 / 400, "acc": "nan", "odd": "nan", "ties": 2.0}
+    run = c.get_run(fast.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+
+
+def test_params_as_log_batch_writes_them(store):
+    params = {f"p{i}": i for i in range(150)} | {"long": "x" * 7000, "empty": ""}
+    fast = Run.start(store, "equiv", "params")
+    fast.log_params(params)
+    fast.log_params({"p1": 1})  # the same value again is allowed
+    with pytest.raises(MlflowException, match="Changing param values is not allowed") as err:
+        fast.log_params({"new": 3, "p1": 2})
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    c = MlflowClient(store)
+    plain = c.create_run(ensure_experiment(store, "equiv")).info.run_id
+    c.log_batch(plain, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    got = c.get_run(fast.run_id).data.params
+    assert got == c.get_run(plain).data.params and len(got) == 152 and "new" not in got  # all or nothing
+
+
+def test_fast_path_needs_an_active_run(store):
+    run = Run.start(store, "equiv", "deleted")
+    MlflowClient(store).delete_run(run.run_id)
+    run.log_metrics({"loss": 1.0}, step=0)
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        run.flush()
+
+
+def test_other_stores_use_log_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+
+    def no_sql(*args, **kwargs):
+        raise AssertionError("_write_sql called for a file store")
+
+    monkeypatch.setattr(tracking, "_write_sql", no_sql)
+    run = Run.start(uri, "files", "file-run")
+    for step in range(1200):
+        run.log_metrics({"loss": 1 / (step + 1), "nan": NAN}, step=step)
+    run.log_text("hello", "notes/a.txt")
+    run.end("FINISHED", tags={"outcome": "completed"})
+    assert run._store is None
+    c = MlflowClient(uri)
+    got = c.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["outcome"] == "completed"
+    assert len(c.get_metric_history(run.run_id, "loss")) == 1200
+    assert all(math.isnan(m.value) for m in c.get_metric_history(run.run_id, "nan"))
+    assert Path(c.download_artifacts(run.run_id, "notes/a.txt", str(tmp_path))).read_text() == "hello"
+
+
+def test_a_failed_final_write_still_ends_the_run_with_its_outcome(store, monkeypatch):
+    real = tracking._write_sql
+
+    def fail_with_metrics(store_, run_id, metrics, *args):
+        if metrics:
+            raise MlflowException("disk full")
+        real(store_, run_id, metrics, *args)
+
+    monkeypatch.setattr(tracking, "_write_sql", fail_with_metrics)
+    run = Run.start(store, "equiv", "broken")
+    run.log_metrics({"loss": 1.0}, step=0)
+    with pytest.raises(MlflowException, match="disk full"):
+        run.end("FINISHED", tags={"outcome": "completed"})
+    got = MlflowClient(store).get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["outcome"] == "completed"
+
+
+def test_a_run_job_records_everything(compose_cfg, store):
+    epochs = 12
+    result = run_job(compose_cfg(f"tracking.uri={store}", f"train.epochs={epochs}", "seed=3"))
+    c = MlflowClient(store)
+    run = c.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.info.start_time <= run.info.end_time
+    assert run.data.tags["outcome"] == result["outcome"] and run.data.tags["epochs_run"] == str(epochs)
+    assert run.data.params["train.epochs"] == str(epochs) and run.data.params["loss"] == "bce"
+    assert "harness.config_hash" in run.data.tags and run.data.tags["pairing"] == "exact"
+    assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]
+    assert "epochs: 12" in Path(c.download_artifacts(run.info.run_id, "config.yaml")).read_text()
+    assert run.inputs.dataset_inputs[0].dataset.name == "xor"
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"):
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == list(range(epochs + 1))
+        assert run.data.metrics[key] == pytest.approx(result[key], nan_ok=True)
+
+
+@pytest.mark.slow
+def test_a_run_job_into_an_http_server_uses_log_batch(compose_cfg, tmp_path, monkeypatch):
+    from servers import MlflowServer
+
+    def no_sql(*args, **kwargs):
+        raise AssertionError("_write_sql called for an HTTP store")
+
+    monkeypatch.setattr(tracking, "_write_sql", no_sql)
+    server = MlflowServer(tmp_path).start()
+    try:
+        result = run_job(compose_cfg(f"tracking.uri={server.uri}", "train.epochs=300"))  # 1,505 values
+        c = MlflowClient(server.uri)
+        run = c.get_run(result["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["outcome"] == result["outcome"]
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: written through the server
+        assert "epochs: 300" in Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "train_loss")) == list(range(301))
+    finally:
+        server.stop()

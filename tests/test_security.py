@@ -39,7 +39,9 @@ def _calls_and_imports(path):
             yield "call", f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "harness").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted([*(ROOT / "harness").glob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]), ids=lambda p: p.name
+)
 def test_no_pickle_loading_or_code_named_by_config(path):
     found = set(_calls_and_imports(path))
     assert not {name for kind, name in found if kind == "import"} & UNSAFE_MODULES

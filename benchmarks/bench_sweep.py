@@ -1,6 +1,6 @@
 """Benchmark 3: sweep throughput, the 36-triple MNIST grid with Hydra's basic launcher vs joblib, 2 workers.
 
-    python benchmarks/bench_sweep.py                 # 1 round (basic, joblib, joblib with loky's start); ≈ 2 min
+    python benchmarks/bench_sweep.py                 # 1 round (basic, then joblib); ≈ 2–3 min on 2 cores
     python benchmarks/bench_sweep.py --repeats 3     # interleaved rounds, medians
 
 Each sweep is the real command, in a fresh temporary directory with its own SQLite store:
@@ -9,11 +9,7 @@ Each sweep is the real command, in a fresh temporary directory with its own SQLi
         delta=ng,nielsen,chain [hydra/launcher=joblib hydra.launcher.n_jobs=2]
 
 Wall time is measured around the whole command (launch, every job, parent run end); afterwards the
-store is checked: 36 child runs, none left RUNNING. The joblib sweep runs as users run it: loky forks its
-workers from a fork server that has already imported MLflow, Hydra, pandas and scipy (see
-``harness.sweep.start_fork_server``); ``joblib-2-loky`` is the same sweep with loky's own default (each
-worker a fresh interpreter that imports everything itself), for reference. CPU time counts the processes
-the command waits for: the fork server's workers are not among them, so the joblib sweep's CPU is a floor.
+store is checked: 36 child runs, none left RUNNING.
 """
 
 from __future__ import annotations
@@ -29,9 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footer, header, median, python, set_blas_threads, spread, table, timed, verdict  # noqa: E402
 
 GRID = ["dataset=mnist", "loss=bce,mse,cce", "activation=sigmoid,softmax,identity,tanh", "delta=ng,nielsen,chain"]
-JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-LAUNCHERS = {"basic": [], "joblib-2": JOBLIB_2, "joblib-2-loky": JOBLIB_2}
-LAUNCHER_ENV = {"joblib-2-loky": {"HARNESS_WORKER_START": "loky"}}
+LAUNCHERS = {"basic": [], "joblib-2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 
 
 def run_statuses(db: Path) -> dict[str, int]:
@@ -43,13 +37,13 @@ def run_statuses(db: Path) -> dict[str, int]:
 def sweep(launcher: str, extra: list[str]) -> tuple[float, float, dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         cmd = [python(), "-m", "harness", "-m", *GRID, *LAUNCHERS[launcher], *extra, f"hydra.sweep.dir={tmp}/multirun"]
-        wall, cpu = timed(cmd, cwd=tmp, extra_env=LAUNCHER_ENV.get(launcher))
+        wall, cpu = timed(cmd, cwd=tmp)
         return wall, cpu, run_statuses(Path(tmp, "mlflow.db"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (basic, joblib-2, joblib-2-loky)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (basic, joblib-2)")
     parser.add_argument(
         "--blas-threads", type=int, default=None, help="set OPENBLAS/OMP_NUM_THREADS for both sweeps (default: unset)"
     )
@@ -75,15 +69,11 @@ def main() -> None:
                 print(f"WARNING: expected 36 FINISHED children + 1 parent, got {statuses}")
     print()
     table(rows, ["round", "launcher", "wall s", "CPU s", "jobs/min", "runs by status"])
-    basic, joblib, loky = median(times["basic"]), median(times["joblib-2"]), median(times["joblib-2-loky"])
+    basic, joblib = median(times["basic"]), median(times["joblib-2"])
     print("## Ratios (medians)")
-    print(
-        f"basic launcher {spread(times['basic'])}; joblib 2 workers {spread(times['joblib-2'])}; "
-        f"joblib 2 workers, loky's default start {spread(times['joblib-2-loky'])}"
-    )
+    print(f"basic launcher {spread(times['basic'])}; joblib 2 workers {spread(times['joblib-2'])}")
     print(f"joblib with 2 workers is {basic / joblib:.2f}× the basic launcher's throughput  target ≥ 1.7×: "
           f"{verdict(basic / joblib, 1.7)}")  # fmt: skip
-    print(f"(with loky's default start, each worker importing everything itself: {basic / loky:.2f}×)")
 
 
 if __name__ == "__main__":

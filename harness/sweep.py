@@ -10,7 +10,6 @@ tag, which works in-process, in joblib workers and on Ray nodes alike. The paren
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,71 +89,6 @@ def blas_threads(hc: DictConfig) -> int | None:
     return 1
 
 
-WORKER_START_METHODS = ("forkserver", "loky", "fork")
-WORKER_PRELOAD = (  # what every job imports: the fork server imports it once, workers inherit it
-    "harness.app",
-    "harness.sweep",
-    "harness.tracking",
-    "mlflow",
-    "mlflow.data",
-    "pandas",
-    "scipy.special",
-    "hydra_plugins.hydra_joblib_launcher._core",
-)
-
-
-def worker_start_method(config: DictConfig) -> str | None:
-    """How loky should start the workers of this sweep: None unless it is a joblib sweep with several
-    workers; else ``$HARNESS_WORKER_START`` if set, else ``forkserver`` (see :func:`start_fork_server`)."""
-    hc = config.hydra
-    if not str(hc.launcher.get("_target_", "")).endswith("JoblibLauncher") or hc.launcher.get("n_jobs") == 1:
-        return None
-    method = os.environ.get("HARNESS_WORKER_START", "forkserver")
-    if method not in WORKER_START_METHODS:
-        raise ConfigError(
-            f"$HARNESS_WORKER_START={method!r} is not a known start method for the joblib launcher's "
-            f"workers; allowed: {', '.join(WORKER_START_METHODS)} (forkserver when unset)"
-        )
-    return method
-
-
-def start_fork_server() -> None:
-    """Have loky fork its workers from a fork server that has already imported what a job needs.
-
-    Loky's default starts each worker as a fresh interpreter, which then spends ≈ 3 s of CPU importing
-    MLflow, Hydra, pandas and scipy before its first job, once per worker. The standard library's fork
-    server is a clean, single-threaded process that imports :data:`WORKER_PRELOAD` once; started here, at
-    the beginning of the sweep, its imports overlap the sweep's validation and the parent run's creation,
-    and every worker is a fork of it (``benchmarks/bench_sweep.py`` measures the three start methods).
-    """
-    import multiprocessing
-    import multiprocessing.forkserver
-
-    from joblib.externals.loky.backend.context import set_start_method
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
-    multiprocessing.forkserver.ensure_running()
-    set_start_method("forkserver", force=True)
-
-
-def fork_workers_from_here() -> None:
-    """Have loky fork its workers from this (the launching) process, which has imported everything.
-
-    The fastest start, at a risk loky warns about: this process has threads (MLflow's telemetry) that
-    its forks do not, so a lock one of them holds stays locked in every worker. Its pooled SQLite
-    connections are closed first: a fork must not share an open database file with its parent.
-    """
-    import warnings
-
-    from joblib.externals.loky.backend.context import set_start_method
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    for engine in SqlAlchemyStore._engine_map.values():
-        engine.dispose()
-    warnings.filterwarnings("ignore", message="`fork` start method should not be used with `loky`")
-    set_start_method("fork", force=True)
-
-
 def blas_pool_size() -> int:
     """Threads of the widest BLAS pool loaded in this process (recorded as tag ``harness.blas_threads``)."""
     from threadpoolctl import threadpool_info
@@ -215,13 +149,6 @@ class SweepCallback(Callback):
         from harness.app import report_config_error
 
         try:
-            method = worker_start_method(config)
-            if method == "forkserver":
-                start_fork_server()  # first: its imports overlap the validation and the parent run
-            elif method == "loky":
-                from joblib.externals.loky.backend.context import set_start_method
-
-                set_start_method("loky", force=True)
             validate_sweep(config)
         except ConfigError as err:
             report_config_error(err)
@@ -230,8 +157,6 @@ class SweepCallback(Callback):
         except Exception as err:  # Hydra would only warn and run every job without a parent
             print(f"harness: error: could not create the sweep's MLflow parent run: {err}", file=sys.stderr)
             raise SystemExit(1) from err
-        if method == "fork":  # after the store exists: the workers are forks of this process as it is now
-            fork_workers_from_here()
 
     def _start_parent(self, config: DictConfig) -> None:
         from harness.tracking import Run, ensure_experiment, resolve_uri

@@ -12,8 +12,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from servers import harness_cmd
 
-from harness.config import ConfigError
-from harness.sweep import blas_threads, worker_start_method
+from harness.sweep import blas_threads
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine")
 
@@ -49,42 +48,10 @@ def test_blas_threads_per_launcher(launcher, expected):
     assert blas_threads(OmegaConf.create({"mode": RunMode.RUN, "launcher": launcher})) is None
 
 
-JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
-
-
-@pytest.mark.parametrize(
-    "launcher,env,expected",
-    [
-        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None, None),
-        ({"_target_": JOBLIB, "n_jobs": 1}, None, None),
-        ({"_target_": JOBLIB, "n_jobs": 2}, None, "forkserver"),
-        ({"_target_": JOBLIB, "n_jobs": -1}, "fork", "fork"),
-        ({"_target_": JOBLIB, "n_jobs": 2}, "loky", "loky"),
-        ({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"}, "fork", None),
-    ],
-)
-def test_worker_start_method_per_launcher(monkeypatch, launcher, env, expected):
-    if env is None:
-        monkeypatch.delenv("HARNESS_WORKER_START", raising=False)
-    else:
-        monkeypatch.setenv("HARNESS_WORKER_START", env)
-    assert worker_start_method(OmegaConf.create({"hydra": {"launcher": launcher}})) == expected
-
-
-def test_unknown_worker_start_method_names_the_variable_and_the_choices(monkeypatch):
-    monkeypatch.setenv("HARNESS_WORKER_START", "spawn")
-    with pytest.raises(ConfigError, match=r"HARNESS_WORKER_START='spawn'.*allowed: forkserver, loky, fork"):
-        worker_start_method(OmegaConf.create({"hydra": {"launcher": {"_target_": JOBLIB, "n_jobs": 2}}}))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("start", ["forkserver", "fork"])
-def test_reused_joblib_worker_gives_the_numbers_of_separate_processes(tmp_path, monkeypatch, start):
+def test_reused_joblib_worker_gives_the_numbers_of_separate_processes(tmp_path):
     """4 jobs on 2 loky workers: some worker runs 2 jobs in turn (pigeonhole). Each job's metric history
-    must equal that of the same config run alone in a fresh process; and jobs run with 1 BLAS thread.
-    Under both ways of starting workers from already-imported code (a fork server; forks of the
-    launching process, which holds the store open)."""
-    monkeypatch.setenv("HARNESS_WORKER_START", start)
+    must equal that of the same config run alone in a fresh process; and jobs run with 1 BLAS thread."""
     shared = tmp_path / "shared"
     shared.mkdir()
     p = sweep(shared, "loss=bce,mse", "seed=1,2", "train.epochs=40", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")

@@ -14,22 +14,17 @@ from conftest import ROOT
 from harness.config import ConfigError, validate
 
 UNSAFE_MODULES = {"pickle", "cloudpickle", "dill", "marshal", "shelve", "joblib"}
-SAFE_SUBMODULES = {"joblib.externals.loky.backend.context"}  # sets how loky starts workers; loads nothing
 UNSAFE_CALLS = {"eval", "exec", "__import__", "import_module", "instantiate", "call", "get_method", "get_class",
                 "load_model", "read_pickle"}  # fmt: skip
-
-
-def _top(module: str) -> str:
-    return module if module in SAFE_SUBMODULES else module.split(".")[0]
 
 
 def _calls_and_imports(path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            yield from (("import", _top(a.name)) for a in node.names)
+            yield from (("import", a.name.split(".")[0]) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            yield "import", _top(node.module)
+            yield "import", node.module.split(".")[0]
             if node.module.startswith("hydra.utils"):
                 yield from (("call", a.name) for a in node.names)
         elif isinstance(node, ast.Call):

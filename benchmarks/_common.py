@@ -121,10 +121,11 @@ def python() -> str:
     return sys.executable
 
 
-def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
+def timed(cmd: list[str], cwd: str, extra_env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall time and CPU time (of the command and every process it started) of ``cmd``."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONWARNINGS"] = "ignore"
+    env.update(extra_env or {})
     start, cpu = time.perf_counter(), children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu

@@ -190,7 +190,8 @@ def train(
             if stop is not None:
                 result.outcome = stop
                 break
-            bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", acc=f"{metrics['test_accuracy']:.3f}")
+            if not bar.disable:  # formatting the postfix costs ≈ 10 µs an epoch, a tenth of XOR's evaluation
+                bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", acc=f"{metrics['test_accuracy']:.3f}")
     bar.close()
     return result
 

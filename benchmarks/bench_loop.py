@@ -7,8 +7,8 @@ Every contender trains the same network from the same initial weights on the sam
 minibatch order (the harness's own shuffles); their final training losses are checked to agree before
 anything is timed. Contenders, per case:
 
-- ``harness``: ``harness.train.sgd_epoch`` (the loop ``python -m harness`` runs), epochs back to back;
-- ``harness+metrics``: ``harness.train.train`` with the five metrics on the full train and test sets
+- ``harness``: ``harness.nn.train.sgd_epoch`` (the loop ``python -m harness`` runs), epochs back to back;
+- ``harness+metrics``: ``harness.nn.train.train`` with the five metrics on the full train and test sets
   every epoch (what a run with ``train.eval_every=1`` pays);
 - ``pytorch``: ``nn.Sequential`` + autograd + ``optim.SGD``, minibatches indexed from tensors (no
   DataLoader, which would only add overhead), on the CPU; ``pytorch+eval`` also computes loss and accuracy
@@ -33,12 +33,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footer, header, interleaved, median, table, verdict  # noqa: E402
 
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
-from harness.data import load  # noqa: E402
-from harness.deltas import DELTA_RULES  # noqa: E402
-from harness.losses import LOSSES  # noqa: E402
-from harness.model import MLP  # noqa: E402
-from harness.train import as_dtype, sgd_epoch, train  # noqa: E402
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
+from harness.core.deltas import DELTA_RULES  # noqa: E402
+from harness.core.losses import LOSSES  # noqa: E402
+from harness.nn.data import load  # noqa: E402
+from harness.nn.model import MLP  # noqa: E402
+from harness.nn.train import as_dtype, sgd_epoch, train  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -14,7 +15,17 @@ from harness.sweep import end_parent, job
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_dir() -> str:
+    """The primary config directory: ``harness/conf`` in an installed wheel (the build ships the repository's
+    ``conf/`` and ``experiments/`` there), else the repository's own ``conf/`` (a source checkout or an
+    editable install). Absolute, so Hydra finds it whether the harness runs as ``python -m harness`` or as
+    the ``harness`` script, from any directory."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return str(shipped if shipped.is_dir() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     return job(cfg)
 

@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.config import ConfigError, validate
-from harness.data import Dataset, load
-from harness.deltas import DELTA_RULES, pairing
-from harness.losses import LOSSES
-from harness.model import MLP
-from harness.train import TrainResult, as_dtype, train
-
-TAGS_TAG = "harness.tags"  # the config's ``tags`` list, comma-separated
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES, pairing
+from harness.core.losses import LOSSES
+from harness.names import EPOCHS_RUN_TAG, HASH_TAG, OUTCOME_TAG, PAIRING_TAG, TAGS_TAG
+from harness.nn.data import Dataset, load
+from harness.nn.model import MLP
+from harness.nn.train import TrainResult, as_dtype, train
 
 
 def run_name(cfg: Any) -> str:
@@ -82,7 +81,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Validate ``cfg``, train, and log one MLflow run (with extra ``tags``, e.g. the sweep's job number);
     returns the final metrics, outcome and run id."""
-    from harness.tracking import HASH_TAG, Run, config_hash, resolve_uri
+    from harness.tracking import Run, config_hash, resolve_uri
 
     validate(cfg)
     data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
@@ -90,14 +89,15 @@ def run_job(
     loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
     tags = {
         **(tags or {}),
-        "pairing": pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
+        PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
         HASH_TAG: config_hash(OmegaConf.to_container(cfg, resolve=True)),
     }
     if cfg.get("tags"):
         tags[TAGS_TAG] = ",".join(cfg.tags)
-    run = Run.start(resolve_uri(cfg.tracking.uri, cwd), cfg.tracking.experiment, run_name(cfg), tags, parent_run_id)
+    uri = resolve_uri(cfg.tracking.uri, cwd)
+    run = Run.start(uri, cfg.tracking.experiment, run_name(cfg), tags, parent_run_id, fast_path=cfg.tracking.fast_path)
     freeze_startup_objects()
-    status, outcome = "FAILED", {"outcome": "failed"}
+    status, outcome = "FAILED", {OUTCOME_TAG: "failed"}
     try:
         run.log_params(flat_params(cfg))
         run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -111,7 +111,7 @@ def run_job(
         status, outcome = "FINISHED", outcome_tags(result)
         return {**result.final, "outcome": result.outcome, "run_id": run.run_id}
     except KeyboardInterrupt:
-        status, outcome = "KILLED", {"outcome": "killed"}
+        status, outcome = "KILLED", {OUTCOME_TAG: "killed"}
         raise
     except BaseException:
         _best_effort(run.log_text, traceback.format_exc(), "traceback.txt")
@@ -134,7 +134,7 @@ def freeze_startup_objects() -> None:
 
 def outcome_tags(result: TrainResult) -> dict[str, str]:
     """``outcome`` (completed / diverged / undefined) and the number of epochs actually trained."""
-    return {"outcome": result.outcome, "epochs_run": str(result.epochs_run)}
+    return {OUTCOME_TAG: result.outcome, EPOCHS_RUN_TAG: str(result.epochs_run)}
 
 
 def _best_effort(fn, *args) -> None:

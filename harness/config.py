@@ -16,12 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from harness.data import DATASET_OUTPUTS, DATASETS
-from harness.deltas import DELTA_RULES
-from harness.losses import LOSSES
-from harness.model import INIT_SCHEMES
-from harness.train import DTYPES, REDUCTIONS
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+from harness.nn.data import DATASET_OUTPUTS, DATASETS
+from harness.nn.model import INIT_SCHEMES
+from harness.nn.train import DTYPES, REDUCTIONS
 
 
 @dataclass
@@ -59,6 +59,8 @@ class TrackingConfig:
     experiment: str = "harness"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     resume: bool = False  # skip a job whose identical config already has a FINISHED run in the experiment
+    # false: write and read through MLflow's public API only, never its SQL internals (harness.tracking.mlflow_sql)
+    fast_path: bool = True
 
 
 @dataclass

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError, validate
+from harness.names import BLAS_TAG, JOB_TAG, OVERRIDES_TAG, SWEEP_TAG, TAGS_TAG
 
 _parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
 
@@ -48,14 +49,14 @@ def job(cfg: DictConfig) -> float:
     parent, tags = None, {}
     if hc.mode == RunMode.MULTIRUN:
         directory = sweep_dir(cwd, hc.sweep.dir)
-        tags = {"harness.job": str(hc.job.num), "harness.overrides": " ".join(hc.overrides.task)}
+        tags = {JOB_TAG: str(hc.job.num), OVERRIDES_TAG: " ".join(hc.overrides.task)}
         if _parent.get("sweep_dir") == directory:
             parent = _parent["run"].run_id
         else:
             parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
     try:
         with blas_limit(hc):
-            tags["harness.blas_threads"] = str(blas_pool_size())
+            tags[BLAS_TAG] = str(blas_pool_size())
             result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
     except ConfigError as err:
         report_config_error(err)
@@ -166,9 +167,9 @@ class SweepCallback(Callback):
         directory = sweep_dir(config.hydra.runtime.cwd, config.hydra.sweep.dir)
         choices = config.hydra.runtime.choices
         name = choices.get("experiment") or "sweep"
-        tags = {"harness.sweep_dir": directory, "harness.overrides": " ".join(config.hydra.overrides.task)}
+        tags = {SWEEP_TAG: directory, OVERRIDES_TAG: " ".join(config.hydra.overrides.task)}
         if config.get("tags"):
-            tags["harness.tags"] = ",".join(config.tags)
+            tags[TAGS_TAG] = ",".join(config.tags)
         run = Run.start(uri, config.tracking.experiment, name, tags)
         _parent.update(run=run, sweep_dir=directory)
         if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
@@ -203,7 +204,7 @@ def end_parent(status: str) -> None:
 
 def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> None:
     try:
-        from harness.report import after_sweep
+        from harness.report.notebook import after_sweep
 
         after_sweep(experiment, uri, parent_run_id, out)
     except Exception as err:  # noqa: BLE001  (the sweep's own status matters more than its report)
@@ -220,9 +221,9 @@ def report_children(uri: str, parent_run_id: str) -> None:
     if not bad:
         return
     print(f"harness: {len(bad)} of {len(runs)} jobs did not finish:", file=sys.stderr)
-    for r in sorted(bad, key=lambda r: int(r.data.tags.get("harness.job", "0"))):
+    for r in sorted(bad, key=lambda r: int(r.data.tags.get(JOB_TAG, "0"))):
         status = "KILLED" if r.info.run_id in orphans else r.info.status
-        job_no, overrides = r.data.tags.get("harness.job", "?"), r.data.tags.get("harness.overrides", "")
+        job_no, overrides = r.data.tags.get(JOB_TAG, "?"), r.data.tags.get(OVERRIDES_TAG, "")
         url = run_url(uri, r.info.experiment_id, r.info.run_id)
         print(f"  #{job_no} {r.info.run_name} {status} ({overrides}): run {r.info.run_id} {url}", file=sys.stderr)
     if not uri.startswith(("http://", "https://")):

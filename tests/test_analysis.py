@@ -1,5 +1,5 @@
-"""harness.analysis on a real small sweep in a temporary store, its statistics against hand-worked cases,
-and every plot function on a synthetic frame."""
+"""harness.report.loading and .stats on a real small sweep in a temporary store, its statistics against
+hand-worked cases, and every plot function on a synthetic frame."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import pytest
 from conftest import harness_env
 from matplotlib.collections import PathCollection
 
-from harness import analysis, plots
-from harness.losses import LOSSES
+from harness import names
+from harness.core.losses import LOSSES
+from harness.report import loading, plots, stats
+from harness.tracking import mlflow_sql, queries
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +35,13 @@ def sweep(tmp_path_factory):
 
 
 def test_load_gives_one_row_per_run_and_logged_epoch(sweep):
-    study = analysis.load("tiny", uri=sweep)
+    study = loading.load("tiny", uri=sweep)
     runs, frame = study.runs, study.frame
     assert len(runs) == 16 and study.parent_run_id is not None
     assert set(runs["triple"]) == {f"{lo}-{a}-{d}" for lo in ("bce", "mse") for a in ("sigmoid", "identity")
                                    for d in ("ng", "nielsen")}  # fmt: skip
     assert set(runs["seed"]) == {0, 1} and set(runs["lr"]) == {2.0}
-    assert set(frame.columns) >= {"run_id", "epoch", *analysis.METRICS, "loss", "activation", "delta", "seed",
+    assert set(frame.columns) >= {"run_id", "epoch", *names.METRICS, "loss", "activation", "delta", "seed",
                                   "lr", "pairing", "outcome"}  # fmt: skip
     assert not frame.duplicated(["run_id", "epoch"]).any()
     for _, run in runs.iterrows():
@@ -53,15 +55,17 @@ def test_load_gives_one_row_per_run_and_logged_epoch(sweep):
 def test_histories_match_mlflow_per_run_calls(sweep):
     from mlflow import MlflowClient
 
-    study = analysis.load("tiny", uri=sweep)
+    study = loading.load("tiny", uri=sweep)
     c = MlflowClient(sweep)
     ids = study.runs["run_id"].tolist()
-    fast = analysis._sql_history(c, ids, ["train_loss"])  # one query, not one call per run
-    assert fast is not None and set(fast["run_id"]) == set(ids)
-    slow = analysis._api_history(c, ids[:2], analysis.METRICS)
-    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])]) * len(analysis.METRICS)
+    fast = mlflow_sql.history(c, ids, ["train_loss"])  # one query, not one call per run
+    assert fast is not None and {row[0] for row in fast} == set(ids)
+    slow = queries._api_history(c, ids[:2], names.METRICS)
+    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])]) * len(names.METRICS)
+    public = loading.load("tiny", uri=sweep, fast_path=False)  # tracking.fast_path=false: the public API only
+    pd.testing.assert_frame_equal(public.frame, study.frame)
     for run_id in study.runs["run_id"][:3]:
-        for key in analysis.METRICS:
+        for key in names.METRICS:
             ref = {m.step: m.value for m in c.get_metric_history(run_id, key)}
             got = study.frame.loc[study.frame["run_id"] == run_id].set_index("epoch")[key]
             assert got.to_dict().keys() == ref.keys()
@@ -69,38 +73,38 @@ def test_histories_match_mlflow_per_run_calls(sweep):
 
 
 def test_stopped_runs_are_kept_and_flagged(sweep):
-    study = analysis.load("tiny", uri=sweep)
-    summary = analysis.run_summary(study)
+    study = loading.load("tiny", uri=sweep)
+    summary = loading.run_summary(study)
     undefined = summary[summary["triple"].str.startswith("bce-identity")]
     assert len(undefined) == 4 and set(undefined["outcome"]) == {"undefined"}  # a < 0 under BCE's log
     assert undefined["final_accuracy"].isna().all() and np.isinf(undefined["epochs_to_threshold"]).all()
     assert set(undefined["run_id"]) <= set(study.frame["run_id"])  # still in the per-epoch frame
     done = summary[summary["outcome"] == "completed"]
     assert done["final_accuracy"].between(0, 1).all()
-    table = analysis.group_ci(summary, "final_accuracy")
+    table = stats.group_ci(summary, "final_accuracy")
     assert table.loc[(table["loss"] == "bce") & (table["activation"] == "identity"), "undefined"].tolist() == [2, 2]
 
 
 def test_missing_experiment_and_no_finished_runs_are_clear_errors(sweep, store):
-    with pytest.raises(analysis.AnalysisError, match="experiment 'nope' does not exist .* experiments there: "):
-        analysis.load("nope", uri=sweep)
+    with pytest.raises(loading.AnalysisError, match="experiment 'nope' does not exist .* experiments there: "):
+        loading.load("nope", uri=sweep)
     from harness.tracking import Run
 
     Run.start(store, "empty", "x").end("FAILED")
-    with pytest.raises(analysis.AnalysisError, match="has no finished runs"):
-        analysis.load("empty", uri=store)
+    with pytest.raises(loading.AnalysisError, match="has no finished runs"):
+        loading.load("empty", uri=store)
 
 
 def test_select_sweep_takes_the_newest_parent_or_all_single_runs():
     def run(rid, start, tags):
         return SimpleNamespace(info=SimpleNamespace(run_id=rid, start_time=start), data=SimpleNamespace(tags=tags))
 
-    old, new = run("p1", 1, {analysis.SWEEP_TAG: "/a"}), run("p2", 2, {analysis.SWEEP_TAG: "/b"})
-    kids = [run("c1", 1, {analysis.PARENT_TAG: "p1"}), run("c2", 3, {analysis.PARENT_TAG: "p2"})]
-    assert analysis.select_sweep([old, new, *kids]) == ("p2", [kids[1]])
-    assert analysis.select_sweep([old, new, *kids], "p1") == ("p1", [kids[0]])
+    old, new = run("p1", 1, {names.SWEEP_TAG: "/a"}), run("p2", 2, {names.SWEEP_TAG: "/b"})
+    kids = [run("c1", 1, {names.PARENT_TAG: "p1"}), run("c2", 3, {names.PARENT_TAG: "p2"})]
+    assert queries.select_sweep([old, new, *kids]) == ("p2", [kids[1]])
+    assert queries.select_sweep([old, new, *kids], "p1") == ("p1", [kids[0]])
     singles = [run("s1", 1, {}), run("s2", 2, {})]
-    assert analysis.select_sweep(singles) == (None, singles)
+    assert queries.select_sweep(singles) == (None, singles)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -108,17 +112,17 @@ def test_select_sweep_takes_the_newest_parent_or_all_single_runs():
 
 def test_bootstrap_ci_on_two_values_is_their_range():
     # n = 2: resampled means are a (p = 1/4), (a + b)/2 (1/2), b (1/4): the 2.5 % and 97.5 % quantiles are a, b
-    assert analysis.bootstrap_ci([2.0, 6.0]) == (4.0, 2.0, 6.0)
-    assert analysis.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
-    est, lo, hi = analysis.bootstrap_ci([1.0, math.inf])  # a never-reached threshold stays an open bound
+    assert stats.bootstrap_ci([2.0, 6.0]) == (4.0, 2.0, 6.0)
+    assert stats.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    est, lo, hi = stats.bootstrap_ci([1.0, math.inf])  # a never-reached threshold stays an open bound
     assert (est, lo, hi) == (math.inf, 1.0, math.inf)
-    assert all(math.isnan(v) for v in analysis.bootstrap_ci([math.nan]))
+    assert all(math.isnan(v) for v in stats.bootstrap_ci([math.nan]))
 
 
 def test_bootstrap_ci_covers_a_normal_mean():
     rng = np.random.default_rng(1)
     x = rng.normal(10.0, 1.0, 400)
-    est, lo, hi = analysis.bootstrap_ci(x)
+    est, lo, hi = stats.bootstrap_ci(x)
     se = x.std(ddof=1) / math.sqrt(len(x))
     assert est == pytest.approx(x.mean()) and lo == pytest.approx(est - 1.96 * se, abs=0.3 * se)
     assert hi == pytest.approx(est + 1.96 * se, abs=0.3 * se)
@@ -134,7 +138,7 @@ def test_rule_difference_pairs_by_seed_and_counts_dropped_pairs():
     for seed, (a, b) in enumerate([(0.9, 0.5), (1.0, 0.75), (0.8, math.nan)]):
         rows.append(("mse", "sigmoid", "nielsen", seed, 1.0, "exact", "completed", a))
         rows.append(("mse", "sigmoid", "ng", seed, 1.0, "mismatched", "completed", b))
-    d = analysis.rule_difference(_summary(rows), "final_accuracy", "mse", "sigmoid", "nielsen", "ng")
+    d = stats.rule_difference(_summary(rows), "final_accuracy", "mse", "sigmoid", "nielsen", "ng")
     assert d["pairs"] == 2 and d["dropped"] == 1
     assert d["estimate"] == pytest.approx(0.325) and (d["ci_low"], d["ci_high"]) == pytest.approx((0.25, 0.4))
 
@@ -150,7 +154,7 @@ def test_best_lr_picks_each_triples_best_rate_and_punishes_divergence():
              math.nan if seed == 0 else 1.0),
             ("mse", "sigmoid", "nielsen", seed, 10.0, "exact", "completed", 0.8),
         ]  # fmt: skip
-    best = analysis.best_lr(_summary(rows)).set_index("delta")
+    best = stats.best_lr(_summary(rows)).set_index("delta")
     assert best.loc["ng", "best_lr"] == 1.0 and best.loc["ng", "estimate"] == pytest.approx(0.9)
     assert best.loc["nielsen", "best_lr"] == 10.0
 
@@ -164,7 +168,7 @@ def test_neuron_output_inverts_both_costs():
             "train_loss": np.concatenate([LOSSES["mse"].value(a[:, None], y), LOSSES["bce"].value(a[:, None], y)]),
         }
     )
-    np.testing.assert_allclose(analysis.neuron_output(frame), np.concatenate([a, a]), rtol=1e-12)
+    np.testing.assert_allclose(loading.neuron_output(frame), np.concatenate([a, a]), rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -247,7 +251,7 @@ def test_lr_plots():
     summary = _summary(rows)
     g = plots.lr_sensitivity(summary)
     assert g.axes.shape == (1, 1) and g.axes[0, 0].get_xscale() == "log"
-    fig = plots.best_lr(analysis.best_lr(summary))
+    fig = plots.best_lr(stats.best_lr(summary))
     top, bottom = fig.axes
     assert [t.get_text() for t in bottom.get_xticklabels()] == ["mse + sigmoid"]
     assert [t.get_text() for t in top.texts] == ["10", "10"]  # both rules' best rate is annotated
@@ -259,12 +263,12 @@ def test_at_best_lr_keeps_only_each_triples_chosen_rate():
             for rule, accs in [("ng", {0.1: 0.5, 1.0: 0.9}), ("nielsen", {0.1: 0.8, 1.0: 0.6})]
             for lr, acc in accs.items() for seed in range(2)]  # fmt: skip
     summary = _summary(rows)
-    kept = analysis.at_best_lr(summary, analysis.best_lr(summary))
+    kept = stats.at_best_lr(summary, stats.best_lr(summary))
     assert sorted(set(zip(kept["delta"], kept["lr"]))) == [("ng", 1.0), ("nielsen", 0.1)] and len(kept) == 4
 
 
 def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_best_rates():
-    from harness.questions import _fairness
+    from harness.report.questions import _fairness
 
     def row(delta, pairing, lr, acc, ci, epochs, eci):
         return {"loss": "mse", "activation": "sigmoid", "delta": delta, "pairing": pairing, "best_lr": lr,

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from harness.app import run_job
 from harness.config import ConfigError, validate
+from harness.names import METRICS
 
 
 def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -135,7 +136,7 @@ def test_sweep_end_to_end(tmp_path):
         assert params["loss"] == name.split("-")[0] and params["activation"] == "sigmoid"
         assert params["delta"] == "ng" and params["dataset"] == "xor" and params["train.epochs"] == str(epochs)
         assert run.data.tags["outcome"] == "completed"
-        for metric in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"):
+        for metric in METRICS:
             history = c.get_metric_history(run.info.run_id, metric)
             assert sorted(m.step for m in history) == list(range(epochs + 1))
         assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]

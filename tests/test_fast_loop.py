@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.config import ConfigError, validate
-from harness.data import load
-from harness.deltas import DELTA_RULES
-from harness.losses import LOSSES
-from harness.model import MLP
-from harness.train import as_dtype, evaluate, outcome_of, sgd_epoch, train
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+from harness.nn.data import load
+from harness.nn.model import MLP
+from harness.nn.train import as_dtype, evaluate, outcome_of, sgd_epoch, train
 
 
 def _net(sizes, bias=True, seed=3, hidden="tanh", output="softmax", dtype=np.float64):
@@ -133,7 +133,7 @@ def _softmax_reference(z):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fast_activations_agree_with_the_textbook_forms(dtype):
-    # The in-place forms in harness.activations against the straightforward expressions (which
+    # The in-place forms in harness.core.activations against the straightforward expressions (which
     # test_math.py checks against finite differences): softmax and σ′ to the bit; σ (scipy's expit, one
     # pass instead of six) to 4 ulp, including where σ rounds to 0 or 1.
     z = np.random.default_rng(0).normal(0, 20, (50, 7)).astype(dtype)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import harness
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from harness.deltas import DELTA_RULES, is_exact, output_delta, pairing
-from harness.losses import LOSSES
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES, is_exact, output_delta, pairing
+from harness.core.losses import LOSSES
 
 H = 1e-6
 RTOL, ATOL = 1e-6, 1e-8
@@ -209,7 +209,7 @@ def test_math_modules_import_neither_hydra_nor_mlflow():
     import sys
 
     code = (
-        "import sys, harness, harness.model, harness.train, harness.data, harness.gradcheck; "
+        "import sys, harness, harness.nn.model, harness.nn.train, harness.nn.data, harness.gradcheck; "
         "bad = [m for m in ('hydra', 'mlflow', 'omegaconf') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -12,9 +12,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from servers import harness_cmd
 
+from harness.names import METRICS
 from harness.sweep import blas_threads
-
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine")
 
 
 def sweep(tmp_path, *args: str) -> subprocess.CompletedProcess:

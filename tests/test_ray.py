@@ -10,9 +10,9 @@ from conftest import harness_env
 from mlflow import MlflowClient
 from servers import MlflowServer, RayHead, harness_cmd
 
-pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install -e '.[ray]'")
+from harness.names import METRICS
 
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine")
+pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install -e '.[ray]'")
 
 
 @pytest.fixture

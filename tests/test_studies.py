@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from harness.app import build_model
 from harness.config import validate
-from harness.data import load
-from harness.deltas import DELTA_RULES
-from harness.losses import LOSSES
-from harness.train import train
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+from harness.nn.data import load
+from harness.nn.train import train
 
 PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 

@@ -11,9 +11,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-import harness.tracking as tracking
+import harness.tracking.run
 from harness.app import run_job
-from harness.tracking import Run, ensure_experiment
+from harness.names import METRICS
+from harness.tracking import Run, ensure_experiment, mlflow_sql
 
 INF, NAN = math.inf, math.nan
 
@@ -57,7 +58,7 @@ def latest(c: MlflowClient, run_id: str) -> dict[str, object]:
 @pytest.mark.parametrize("insert", ["sqlite driver", "sqlalchemy core"])
 def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
     calls = script()
-    monkeypatch.setattr(tracking, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
+    monkeypatch.setattr(harness.tracking.run, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
     fast = Run.start(store, "equiv", "fast")
     if insert == "sqlalchemy core":  # the insert other databases get
         monkeypatch.setattr(fast._sql().engine.dialect, "name", "not sqlite")
@@ -126,9 +127,9 @@ def test_other_stores_use_log_batch(tmp_path, monkeypatch):
     uri = (tmp_path / "mlruns").as_uri()
 
     def no_sql(*args, **kwargs):
-        raise AssertionError("_write_sql called for a file store")
+        raise AssertionError("mlflow_sql.write called for a file store")
 
-    monkeypatch.setattr(tracking, "_write_sql", no_sql)
+    monkeypatch.setattr(mlflow_sql, "write", no_sql)
     run = Run.start(uri, "files", "file-run")
     for step in range(1200):
         run.log_metrics({"loss": 1 / (step + 1), "nan": NAN}, step=step)
@@ -144,14 +145,14 @@ def test_other_stores_use_log_batch(tmp_path, monkeypatch):
 
 
 def test_a_failed_final_write_still_ends_the_run_with_its_outcome(store, monkeypatch):
-    real = tracking._write_sql
+    real = mlflow_sql.write
 
     def fail_with_metrics(store_, run_id, metrics, *args):
         if metrics:
             raise MlflowException("disk full")
         real(store_, run_id, metrics, *args)
 
-    monkeypatch.setattr(tracking, "_write_sql", fail_with_metrics)
+    monkeypatch.setattr(mlflow_sql, "write", fail_with_metrics)
     run = Run.start(store, "equiv", "broken")
     run.log_metrics({"loss": 1.0}, step=0)
     with pytest.raises(MlflowException, match="disk full"):
@@ -172,7 +173,7 @@ def test_a_run_job_records_everything(compose_cfg, store):
     assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]
     assert "epochs: 12" in Path(c.download_artifacts(run.info.run_id, "config.yaml")).read_text()
     assert run.inputs.dataset_inputs[0].dataset.name == "xor"
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine"):
+    for key in METRICS:
         assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == list(range(epochs + 1))
         assert run.data.metrics[key] == pytest.approx(result[key], nan_ok=True)
 
@@ -182,9 +183,9 @@ def test_a_run_job_into_an_http_server_uses_log_batch(compose_cfg, tmp_path, mon
     from servers import MlflowServer
 
     def no_sql(*args, **kwargs):
-        raise AssertionError("_write_sql called for an HTTP store")
+        raise AssertionError("mlflow_sql.write called for an HTTP store")
 
-    monkeypatch.setattr(tracking, "_write_sql", no_sql)
+    monkeypatch.setattr(mlflow_sql, "write", no_sql)
     server = MlflowServer(tmp_path).start()
     try:
         result = run_job(compose_cfg(f"tracking.uri={server.uri}", "train.epochs=300"))  # 1,505 values

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from harness.data import load, mnist
-from harness.deltas import DELTA_RULES
-from harness.losses import LOSSES
-from harness.model import MLP
-from harness.train import accuracy, cosine, sgd_epoch, train
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+from harness.nn.data import load, mnist
+from harness.nn.model import MLP
+from harness.nn.train import accuracy, cosine, sgd_epoch, train
 
 
 def test_one_hand_worked_sgd_step_on_xor():

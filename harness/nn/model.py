@@ -2,7 +2,7 @@
 
 Samples are rows: zˡ = aˡ⁻¹ Wˡ + bˡ, aˡ = f(zˡ), with Wˡ of shape (n_in, n_out). Backprop, per batch:
 
-- (BP1) δᴸ is given by the delta rule (the object of study; see :mod:`harness.deltas`);
+- (BP1) δᴸ is given by the delta rule (the object of study; see :mod:`harness.core.deltas`);
 - (BP2) δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f′(zˡ) for hidden layers;
 - (BP3) ∂C/∂bˡ = Σₙ δˡ;  (BP4) ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ   (summed over the batch; the caller scales).
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.activations import Activation
+from harness.core.activations import Activation
 
 
 @dataclass

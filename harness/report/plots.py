@@ -1,4 +1,4 @@
-"""Seaborn figures on the frames of :mod:`harness.analysis` (each function returns its figure or grid).
+"""Seaborn figures on the frames of :mod:`harness.report.loading` (each function returns its figure or grid).
 
 - :func:`convergence`: a metric vs epoch, faceted loss × activation, colour = delta rule, mean over seeds
   with a 95 % band (mean ± 1.96 standard errors); runs that diverged / became undefined end in a red ✕ at
@@ -18,9 +18,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Rectangle
 
-from harness.activations import OUTPUT_ACTIVATIONS
-from harness.deltas import DELTA_RULES
-from harness.losses import LOSSES
+from harness.core.activations import OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
 
 RULE_ORDER = DELTA_RULES.names()
 PALETTE = dict(zip(RULE_ORDER, sns.color_palette("colorblind", len(RULE_ORDER))))
@@ -182,7 +182,7 @@ def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
 
 def slowdown(frame: pd.DataFrame) -> sns.FacetGrid:
     """The neuron's output a vs epoch (as in Nielsen's ch. 3 figures): colour = cost, panel = start (w, b)."""
-    from harness.analysis import neuron_output
+    from harness.report.loading import neuron_output
 
     data = frame.assign(output=neuron_output(frame))
     data = data.assign(
@@ -212,7 +212,7 @@ def lr_sensitivity(summary: pd.DataFrame, value: str = "final_accuracy") -> sns.
 
 
 def best_lr(best: pd.DataFrame, value: str = "final_accuracy") -> plt.Figure:
-    """Each triple at its own best rate (from :func:`harness.analysis.best_lr`): the value and the epochs to
+    """Each triple at its own best rate (from :func:`harness.report.stats.best_lr`): the value and the epochs to
     threshold there, with 95 % CIs; the label is that rate. A triple with no finite value is marked ✕."""
     data = best.assign(pair=best["loss"] + " + " + best["activation"]).reset_index(drop=True)
     pairs = list(dict.fromkeys(data["pair"]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 
 class Activation:

@@ -1,7 +1,7 @@
 """Losses L(a, y) per sample, summed over the k outputs; a batch loss is the mean over samples.
 
 One meaning per word: ``grad(a, y)`` is always ∂L/∂a (never ∂L/∂z). Turning it into ∂L/∂z needs the
-output activation's Jacobian, which is the delta rules' business (:mod:`harness.deltas`).
+output activation's Jacobian, which is the delta rules' business (:mod:`harness.core.deltas`).
 
 Log terms use the convention 0 · log 0 = 0 (as ``scipy.special.xlogy``), so a target of exactly 0 or 1
 contributes nothing from the log of the other side. Outside its domain (e.g. log of a ≤ 0, which ``tanh``
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 
 def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ from functools import cache
 
 import numpy as np
 
-from harness.activations import OUTPUT_ACTIVATIONS, Activation
-from harness.losses import LOSSES, Loss
-from harness.registry import Registry
+from harness.core.activations import OUTPUT_ACTIVATIONS, Activation
+from harness.core.losses import LOSSES, Loss
+from harness.core.registry import Registry
 
 
 class DeltaRule:

@@ -1,8 +1,8 @@
 """``python -m harness.report EXPERIMENT [--out DIR]``: an executed report notebook for one experiment.
 
 Builds a notebook (nbformat) whose cells load the experiment's latest sweep from MLflow
-(:mod:`harness.analysis`), draw the figures (:mod:`harness.plots`) and answer the four questions from the
-measured numbers (:mod:`harness.questions`); runs it without a server (nbclient, ``ipykernel``); writes
+(:mod:`.loading`, :mod:`.stats`), draw the figures (:mod:`.plots`) and answer the four questions from the
+measured numbers (:mod:`.questions`); runs it without a server (nbclient, ``ipykernel``); writes
 ``DIR/EXPERIMENT.ipynb`` and ``DIR/EXPERIMENT.html`` (nbconvert) and logs both to the sweep's parent run.
 
 Preset studies (``report.auto: true``) call :func:`after_sweep` when their sweep ends, also when jobs failed.
@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from harness.analysis import AnalysisError, locate
+from harness.report.loading import AnalysisError, locate
 
 KERNEL = "python3"
 TIMEOUT = 1200  # seconds per cell: a large sweep's figures take a while on a loaded machine
@@ -98,8 +98,8 @@ QUESTIONS = [
 FIGURES = """\
 frame, runs = study.frame, summary
 if summary["lr"].nunique() >= 3:  # a learning-rate grid: curves and heatmaps show each triple at its best rate
-    best = analysis.best_lr(summary)
-    frame, runs = analysis.at_best_lr(study.frame, best), analysis.at_best_lr(summary, best)
+    best = stats.best_lr(summary)
+    frame, runs = stats.at_best_lr(study.frame, best), stats.at_best_lr(summary, best)
     print("Learning-rate grid: the curves and heatmaps below show each triple at its own best rate.")
 if study.dataset == "neuron":
     plots.slowdown(frame)
@@ -137,10 +137,10 @@ def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.Note
             "import warnings\n"
             "warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, imported by mlflow\n"
             "import matplotlib.pyplot as plt\nimport pandas as pd\n"
-            "from harness import analysis, plots, questions\n"
+            "from harness.report import loading, plots, questions, stats\n"
             "pd.set_option('display.width', 200)\n"
-            f"study = analysis.load({experiment!r}, uri={uri!r}, parent_run_id={parent_run_id!r})\n"
-            "summary = analysis.run_summary(study)\n"
+            f"study = loading.load({experiment!r}, uri={uri!r}, parent_run_id={parent_run_id!r})\n"
+            "summary = loading.run_summary(study)\n"
             "print(study)\nprint('threshold (test accuracy):', study.threshold)\n"
             "summary.groupby(['status', 'outcome']).size().rename('runs').to_frame()"
         ),
@@ -198,7 +198,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Build, execute and write ``out/EXPERIMENT.ipynb`` and ``.html``; log both to the sweep's parent run.
 
-    Raises :class:`harness.analysis.AnalysisError` (before any kernel starts) when the experiment does not
+    Raises :class:`harness.report.loading.AnalysisError` (before any kernel starts) when the experiment does not
     exist or has no finished runs.
     """
     from harness.tracking import client, resolve_uri

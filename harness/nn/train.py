@@ -12,19 +12,17 @@ it stops with ``outcome = "undefined"``. Otherwise ``outcome = "completed"``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
-from harness.data import Dataset
-from harness.deltas import DELTA_RULES, DeltaRule
-from harness.losses import Loss
-from harness.model import MLP
-
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_cosine")
+from harness.core.deltas import DELTA_RULES, DeltaRule
+from harness.core.losses import Loss
+from harness.names import GRAD_COSINE, TEST_ACCURACY, TEST_LOSS, TRAIN_ACCURACY, TRAIN_LOSS
+from harness.nn.data import Dataset
+from harness.nn.model import MLP
 
 EpochHook = Callable[[int, dict[str, float]], None]
 
@@ -81,11 +79,11 @@ def _evaluate(model: MLP, data: Dataset, loss: Loss, rule: DeltaRule) -> tuple[d
     a_test = a if same else model.predict(data.x_test)
     train_loss, train_accuracy = _loss_or_nan(loss, a, data.y_train), accuracy(a, data.y_train)
     metrics = {
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
-        "test_loss": train_loss if same else _loss_or_nan(loss, a_test, data.y_test),
-        "test_accuracy": train_accuracy if same else accuracy(a_test, data.y_test),
-        "grad_cosine": cosine(used, true) if np.isfinite(true).all() else float("nan"),
+        TRAIN_LOSS: train_loss,
+        TRAIN_ACCURACY: train_accuracy,
+        TEST_LOSS: train_loss if same else _loss_or_nan(loss, a_test, data.y_test),
+        TEST_ACCURACY: train_accuracy if same else accuracy(a_test, data.y_test),
+        GRAD_COSINE: cosine(used, true) if np.isfinite(true).all() else float("nan"),
     }
     return metrics, a
 
@@ -186,12 +184,12 @@ def train(
             result.epochs.append(epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            stop = _outcome(model, a, data.y_train, loss, metrics["train_loss"])
+            stop = _outcome(model, a, data.y_train, loss, metrics[TRAIN_LOSS])
             if stop is not None:
                 result.outcome = stop
                 break
             if not bar.disable:  # formatting the postfix costs ≈ 10 µs an epoch, a tenth of XOR's evaluation
-                bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", acc=f"{metrics['test_accuracy']:.3f}")
+                bar.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.4g}", acc=f"{metrics[TEST_ACCURACY]:.3f}")
     bar.close()
     return result
 
@@ -211,8 +209,8 @@ def as_dtype(data: Dataset, dtype: np.dtype | type | str) -> Dataset:
 
 
 def _progress(epochs: int, enabled: bool | None):
+    """A tqdm bar; ``enabled=None`` shows it only on a terminal (tqdm's own ``disable=None``)."""
     from tqdm.auto import tqdm
 
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=epochs, desc="epochs", unit="ep", disable=not enabled, leave=False)
+    disable = None if enabled is None else not enabled
+    return tqdm(total=epochs, desc="epochs", unit="ep", disable=disable, leave=False)

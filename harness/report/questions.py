@@ -14,8 +14,9 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from harness.analysis import Study, bootstrap_ci, format_ci, group_ci, rule_difference
-from harness.analysis import best_lr as best_lr_table
+from harness.report.loading import Study
+from harness.report.stats import best_lr as best_lr_table
+from harness.report.stats import bootstrap_ci, format_ci, group_ci, rule_difference
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Answer:
 @cache
 def exactness() -> pd.DataFrame:
     """The gradient checker's verdict per (loss, activation, delta): rows = (loss, activation), cols = rule."""
-    from harness.gradcheck import table
+    from harness.core.gradcheck import table
 
     rows = pd.DataFrame([vars(r) | {"verdict": r.verdict} for r in table()])
     return rows.pivot_table(index=["loss", "activation"], columns="delta", values="verdict", aggfunc="first")
@@ -192,7 +193,7 @@ def q2(study: Study, summary: pd.DataFrame) -> Answer:
 
 @cache
 def _checks():
-    from harness.gradcheck import table
+    from harness.core.gradcheck import table
 
     return tuple(table())
 
@@ -332,7 +333,7 @@ def slowdown_table(study: Study) -> pd.DataFrame:
     """Per (cost, start): output a at the start and the end, σ′(z₀) = a₀(1 − a₀), and the initial learning
     speed: the drop per epoch of z = w + b = logit(a) over the first tenth of training (both parameters move
     by −η δ, so this is 2η δ: Nielsen's ∂C/∂w, ∂C/∂b up to the factor η)."""
-    from harness.analysis import neuron_output
+    from harness.report.loading import neuron_output
 
     f = study.frame.assign(output=neuron_output(study.frame))
     rows = []

@@ -1,0 +1,151 @@
+"""The recipe of one job: validate, build data and model, start a run, train, record, end the run.
+
+This is the one module that knows both the math and the tracker; it hands each only what it needs.
+Every run it starts ends FINISHED, FAILED (with ``traceback.txt``) or KILLED (Ctrl-C), never RUNNING.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import traceback
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError, validate
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES, pairing
+from harness.core.losses import LOSSES
+from harness.names import EPOCHS_RUN_TAG, HASH_TAG, OUTCOME_TAG, PAIRING_TAG, TAGS_TAG
+from harness.nn.data import Dataset, load
+from harness.nn.model import MLP
+from harness.nn.train import TrainResult, as_dtype, train
+
+
+def run_name(cfg: Any) -> str:
+    """Readable run name, e.g. ``bce-sigmoid-ng``."""
+    return f"{cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name}"
+
+
+def build_model(cfg: Any, data: Dataset) -> MLP:
+    """The MLP for ``cfg`` on ``data``, initialised from ``seed`` (same seed, same weights)."""
+    m = cfg.model
+    return MLP.initialise(
+        [data.n_inputs, *m.hidden, data.n_outputs],
+        HIDDEN_ACTIVATIONS[m.hidden_activation],
+        OUTPUT_ACTIVATIONS[cfg.activation.name],
+        np.random.default_rng(cfg.seed),
+        scheme=m.init,
+        bias=m.bias,
+        constant=(m.init_weight, m.init_bias),
+        dtype=data.x_train.dtype,
+    )
+
+
+def shuffle_rng(cfg: Any) -> np.random.Generator:
+    """The minibatch-shuffling stream, independent of the initialisation stream."""
+    return np.random.default_rng([cfg.seed, 1])
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """``loss``, ``activation``, ``delta``, ``dataset`` plus the resolved config flattened with dots."""
+    import pandas as pd
+
+    nested = OmegaConf.to_container(cfg, resolve=True)
+    flat = pd.json_normalize(nested, sep=".").iloc[0].to_dict()
+    short = {k: cfg[k].name for k in ("loss", "activation", "delta", "dataset")}
+    return {**short, **{k: str(v) for k, v in flat.items()}}
+
+
+@cache
+def mlflow_dataset(name: str):
+    """Dataset ``name`` as an ``mlflow.data`` object (cached per process: hashing MNIST costs ≈ 0.1 s)."""
+    import mlflow.data
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    data = load(name)
+    source = resolve_dataset_source(data.source) if Path(data.source).exists() else None
+    return mlflow.data.from_numpy(data.x_train, targets=data.y_train, name=data.name, source=source)
+
+
+def run_job(
+    cfg: DictConfig,
+    *,
+    parent_run_id: str | None = None,
+    cwd: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Validate ``cfg``, train, and log one MLflow run (with extra ``tags``, e.g. the sweep's job number);
+    returns the final metrics, outcome and run id."""
+    from harness.tracking import Run, config_hash, resolve_uri
+
+    validate(cfg)
+    data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
+    model = build_model(cfg, data)
+    loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
+    tags = {
+        **(tags or {}),
+        PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
+        HASH_TAG: config_hash(OmegaConf.to_container(cfg, resolve=True)),
+    }
+    if cfg.get("tags"):
+        tags[TAGS_TAG] = ",".join(cfg.tags)
+    uri = resolve_uri(cfg.tracking.uri, cwd)
+    run = Run.start(uri, cfg.tracking.experiment, run_name(cfg), tags, parent_run_id, fast_path=cfg.tracking.fast_path)
+    freeze_startup_objects()
+    status, outcome = "FAILED", {OUTCOME_TAG: "failed"}
+    try:
+        run.log_params(flat_params(cfg))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        run.log_input(mlflow_dataset(data.name))
+        result = train(
+            model, data, loss, rule,
+            epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, rng=shuffle_rng(cfg),
+            reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
+            on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
+        )  # fmt: skip
+        status, outcome = "FINISHED", outcome_tags(result)
+        return {**result.final, "outcome": result.outcome, "run_id": run.run_id}
+    except KeyboardInterrupt:
+        status, outcome = "KILLED", {OUTCOME_TAG: "killed"}
+        raise
+    except BaseException:
+        _best_effort(run.log_text, traceback.format_exc(), "traceback.txt")
+        raise
+    finally:
+        run.end(status, tags=outcome)  # the last metrics and the outcome tags in one transaction
+
+
+@cache
+def freeze_startup_objects() -> None:
+    """Once per process, after MLflow is imported and connected: ``gc.freeze()`` the objects alive now.
+
+    Importing MLflow, SQLAlchemy, Hydra and pandas leaves ≈ 300,000 long-lived objects, and logging a
+    metric value through MLflow's SQLAlchemy store allocates a dozen more, so the cyclic garbage collector
+    runs often and each full pass walks all of them. Frozen objects are skipped by the collector (they are
+    still freed by reference counting); ``benchmarks/bench_tracking.py`` measures the difference.
+    """
+    gc.freeze()
+
+
+def outcome_tags(result: TrainResult) -> dict[str, str]:
+    """``outcome`` (completed / diverged / undefined) and the number of epochs actually trained."""
+    return {OUTCOME_TAG: result.outcome, EPOCHS_RUN_TAG: str(result.epochs_run)}
+
+
+def _best_effort(fn, *args) -> None:
+    # Recording why a run failed must not hide the original error.
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def report_config_error(err: ConfigError) -> None:
+    """Print a configuration error as one paragraph on stderr and exit with status 2 (no traceback)."""
+    print(f"harness: error: {err}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,174 @@
+"""Typed configuration (Hydra structured configs) and the validation every run passes before it starts.
+
+The dataclasses hold the types, ``conf/`` holds the values: an unknown key or a value of the wrong type
+fails while Hydra composes the config. :func:`validate` then checks what types cannot express (ranges,
+names, combinations) and raises :class:`ConfigError`, one paragraph that names the key and what is
+allowed, before any data is loaded and before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+from harness.nn.data import DATASET_OUTPUTS, DATASETS
+from harness.nn.model import INIT_SCHEMES
+from harness.nn.train import DTYPES, REDUCTIONS
+
+
+@dataclass
+class NameConfig:
+    """A config group whose options are named objects (loss, activation, delta rule, dataset)."""
+
+    name: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [4])  # hidden layer sizes; [] = no hidden layer
+    hidden_activation: str = "sigmoid"
+    init: str = "nielsen"  # nielsen: W ~ N(0, 1/n_in), b ~ N(0, 1); uniform: U[-1, 1); constant: see below
+    init_weight: float = 0.0  # init=constant: every weight
+    init_bias: float = 0.0  # init=constant: every bias
+    bias: bool = True  # false: no biases (a constant input column, as in dataset=xor1, plays the bias)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    lr: float = 2.0
+    batch_size: int = 4
+    reduction: str = "mean"  # mean: step (η/m)·Σ∇ (Nielsen); sum: step η·Σ∇ (numpy XOR programs)
+    eval_every: int = 1  # evaluate and log metrics every k epochs (and at epoch 0 and the last)
+    # Named step sizes per loss, for studies that compare (cost, η) pairs: a preset sets
+    # ``lr: ${train.lr_by_loss.${loss.name}}`` so η follows the swept loss (see experiments/slowdown.yaml).
+    lr_by_loss: dict[str, float] = field(default_factory=dict)
+    dtype: str = "float64"  # float32: weights and data in single precision (faster steps, ≈ 1e-7 rounding)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "harness"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    resume: bool = False  # skip a job whose identical config already has a FINISHED run in the experiment
+    # false: write and read through MLflow's public API only, never its SQL internals (harness.tracking.mlflow_sql)
+    fast_path: bool = True
+
+
+@dataclass
+class ReportConfig:
+    auto: bool = False  # true: write the report notebook at the end of a sweep (preset studies set it)
+    out: str = "reports"  # directory for EXPERIMENT.ipynb / .html, relative to where the command runs
+
+
+@dataclass
+class HarnessConfig:
+    dataset: NameConfig = field(default_factory=NameConfig)
+    loss: NameConfig = field(default_factory=NameConfig)
+    activation: NameConfig = field(default_factory=NameConfig)
+    delta: NameConfig = field(default_factory=NameConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    seed: int = 0
+    tags: list[str] = field(default_factory=list)  # free labels, logged as the MLflow tag ``harness.tags``
+
+
+def register_configs() -> None:
+    """Register the schema as ``harness_schema`` (the first entry of ``conf/config.yaml``'s defaults)."""
+    ConfigStore.instance().store(name="harness_schema", node=HarnessConfig)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one paragraph naming the key and what is allowed."""
+
+
+def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> str | None:
+    if value in allowed:
+        return None
+    return f"{key}={value!r} is not a known option; allowed: {', '.join(allowed)}."
+
+
+def _unknown_keys(cfg: Any, schema: type = HarnessConfig, prefix: str = "") -> list[str]:
+    """Keys the schema does not have (Hydra lets ``+key=value`` add them even to a typed config)."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    problems = []
+    for key in cfg:
+        if key not in fields:
+            problems.append(f"{prefix}{key} is not a configuration key; allowed: {', '.join(fields)}.")
+            continue
+        sub = fields[key].default_factory  # nested sections are declared as field(default_factory=Section)
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            problems += _unknown_keys(cfg[key], sub, f"{prefix}{key}.")
+    return problems
+
+
+def _problems(cfg: Any) -> list[str]:
+    problems = _unknown_keys(cfg)
+    problems += [
+        _choice("dataset.name", cfg.dataset.name, DATASETS),
+        _choice("loss.name", cfg.loss.name, LOSSES.names()),
+        _choice("activation.name", cfg.activation.name, OUTPUT_ACTIVATIONS.names()),
+        _choice("delta.name", cfg.delta.name, DELTA_RULES.names()),
+        _choice("model.hidden_activation", cfg.model.hidden_activation, HIDDEN_ACTIVATIONS.names()),
+        _choice("model.init", cfg.model.init, INIT_SCHEMES),
+        _choice("train.reduction", cfg.train.reduction, REDUCTIONS),
+        _choice("train.dtype", cfg.train.dtype, DTYPES),
+    ]
+    t = cfg.train
+    lr = _resolved_lr(cfg)
+    if lr is None:
+        problems.append(
+            f"train.lr interpolates train.lr_by_loss, which has no rate for loss={cfg.loss.name} "
+            f"(it has: {', '.join(t.lr_by_loss) or 'none'}); add one, e.g. train.lr_by_loss.{cfg.loss.name}=0.1."
+        )
+    elif not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        problems.append(f"train.lr={lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5.")
+    if t.epochs < 1:
+        problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
+    if t.batch_size < 1:
+        problems.append(f"train.batch_size={t.batch_size} must be an integer ≥ 1 (the minibatch size).")
+    if t.eval_every < 1:
+        problems.append(f"train.eval_every={t.eval_every} must be an integer ≥ 1 (evaluate every k epochs).")
+    if any(h < 1 for h in cfg.model.hidden):
+        problems.append(
+            f"model.hidden={list(cfg.model.hidden)} must list hidden layer sizes ≥ 1 "
+            "(use model.hidden=[] for no hidden layer)."
+        )
+    if cfg.seed < 0:
+        problems.append(f"seed={cfg.seed} must be an integer ≥ 0.")
+    if not cfg.tracking.experiment:
+        problems.append("tracking.experiment must be a non-empty experiment name.")
+    outputs = DATASET_OUTPUTS.get(cfg.dataset.name)
+    if cfg.activation.name == "softmax" and outputs is not None and outputs < 2:
+        problems.append(
+            f"activation=softmax needs ≥ 2 outputs, but dataset={cfg.dataset.name} has {outputs}; "
+            "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
+        )
+    return [p for p in problems if p]
+
+
+def _resolved_lr(cfg: Any) -> Any:
+    """``train.lr``, or None when it interpolates ``train.lr_by_loss`` for a loss the table lacks."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return cfg.train.lr
+    except InterpolationResolutionError:
+        return None
+
+
+def validate(cfg: Any) -> None:
+    """Raise :class:`ConfigError` (one paragraph listing every problem) if ``cfg`` cannot be run."""
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("Invalid configuration: " + " ".join(problems))

@@ -1,0 +1,243 @@
+"""Seaborn figures on the frames of :mod:`harness.report.loading` (each function returns its figure or grid).
+
+- :func:`convergence`: a metric vs epoch, faceted loss × activation, colour = delta rule, mean over seeds
+  with a 95 % band (mean ± 1.96 standard errors); runs that diverged / became undefined end in a red ✕ at
+  their last logged value, and each panel's title counts them.
+- :func:`summary_heatmaps`: one panel per rule, a (loss × activation) heatmap of a per-run summary value,
+  mismatched cells hatched, cells annotated with how many runs diverged.
+- :func:`grad_cosine`: cos ∠(δ_rule, δ_chain) over training for the mismatched triples.
+- :func:`slowdown`: Nielsen's chapter-3 neuron, output vs epoch for both costs and both starting points.
+- :func:`lr_sensitivity` and :func:`best_lr`: final metric vs learning rate, and each triple at its best rate.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.patches import Rectangle
+
+from harness.core.activations import OUTPUT_ACTIVATIONS
+from harness.core.deltas import DELTA_RULES
+from harness.core.losses import LOSSES
+
+RULE_ORDER = DELTA_RULES.names()
+PALETTE = dict(zip(RULE_ORDER, sns.color_palette("colorblind", len(RULE_ORDER))))
+BAND = ("se", 1.96)  # mean ± 1.96 SE ≈ 95 % CI; cheap at every epoch, unlike a bootstrap per point
+STOPPED = ("diverged", "undefined")
+
+
+def _order(values: pd.Series, reference: list[str]) -> list[str]:
+    present = set(values.dropna())
+    return [v for v in reference if v in present]
+
+
+def thin(frame: pd.DataFrame, points: int = 150) -> pd.DataFrame:
+    """Keep ≈ ``points`` evenly spaced logged epochs per curve (and every run's last epoch)."""
+    epochs = np.sort(frame["epoch"].unique())
+    if len(epochs) <= points:
+        return frame
+    keep = set(epochs[np.linspace(0, len(epochs) - 1, points).round().astype(int)])
+    last = frame.groupby("run_id")["epoch"].transform("max")
+    return frame[frame["epoch"].isin(keep) | (frame["epoch"] == last)]
+
+
+def convergence(frame: pd.DataFrame, metric: str = "train_loss", log: bool | None = None) -> sns.FacetGrid:
+    """``metric`` vs epoch; rows = loss, columns = output activation, colour = delta rule."""
+    data = thin(frame.dropna(subset=[metric]))
+    log = metric.endswith("loss") if log is None else log
+    if log:
+        data = data[data[metric] > 0]
+    g = sns.relplot(
+        data=data, x="epoch", y=metric, hue="delta", hue_order=_order(data["delta"], RULE_ORDER),
+        row="loss", col="activation", row_order=_order(data["loss"], LOSSES.names()),
+        col_order=_order(data["activation"], OUTPUT_ACTIVATIONS.names()), kind="line", errorbar=BAND,
+        palette=PALETTE, height=2.3 if data["loss"].nunique() * data["activation"].nunique() > 2 else 3.5,
+        aspect=1.3, facet_kws={"sharey": False, "margin_titles": True},
+    )  # fmt: skip
+    if log:
+        g.set(yscale="log")
+    _mark_stopped(g, frame, metric)
+    g.figure.suptitle(f"{metric} per epoch (mean and 95 % band over seeds; ✕ = run diverged/undefined)", y=1.02)
+    return g
+
+
+def _mark_stopped(g: sns.FacetGrid, frame: pd.DataFrame, metric: str) -> None:
+    """A red ✕ at each stopped run's last finite value, and the count in the panel title."""
+    for (loss, act), ax in g.axes_dict.items():
+        panel = frame[(frame["loss"] == loss) & (frame["activation"] == act)]
+        stopped = panel[panel["outcome"].isin(STOPPED)]
+        n_runs, n_stopped = panel["run_id"].nunique(), stopped["run_id"].nunique()
+        finite = stopped[np.isfinite(stopped[metric])]
+        last = finite.sort_values("epoch").groupby("run_id").tail(1)
+        if len(last):
+            ax.scatter(last["epoch"], last[metric], marker="x", color="red", s=30, zorder=5)
+        if n_stopped:
+            ax.set_title(f"{ax.get_title()}\n{n_stopped}/{n_runs} runs stopped", fontsize=8, color="red")
+        if n_runs and not np.isfinite(panel[metric]).any():
+            ax.text(0.5, 0.5, f"no finite {metric}:\n" + _outcomes(panel), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="red")  # fmt: skip
+
+
+def _outcomes(panel: pd.DataFrame) -> str:
+    counts = panel.drop_duplicates("run_id")["outcome"].value_counts()
+    return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+
+
+def summary_heatmaps(
+    summary: pd.DataFrame, value: str = "final_accuracy", stat: str = "mean", fmt: str = ".2f", cmap: str = "viridis"
+) -> plt.Figure:
+    """One heatmap per delta rule: ``stat`` of ``value`` over seeds for each (loss, activation).
+
+    Hatched cells are mismatched pairings (the rule is not the gradient there). A cell's annotation adds
+    ``✕k`` when k runs diverged or became undefined, and "(k/n)" when only k of n runs have a finite value
+    (e.g. reached the accuracy threshold); "—" means no run has one.
+    """
+    rules = _order(summary["delta"], RULE_ORDER)
+    losses = _order(summary["loss"], LOSSES.names())
+    acts = _order(summary["activation"], OUTPUT_ACTIVATIONS.names())
+    finite = summary.assign(_v=summary[value].where(np.isfinite(summary[value])))
+    agg = finite.groupby(["delta", "loss", "activation"])["_v"].agg(stat)
+    vmin, vmax = (
+        np.nanmin(agg.to_numpy(dtype=float), initial=np.inf),
+        np.nanmax(agg.to_numpy(dtype=float), initial=-np.inf),
+    )
+    if not np.isfinite(vmin):
+        vmin, vmax = 0.0, 1.0
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.6 * len(rules) + 1, 0.9 * len(losses) + 1.4), squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        part = summary[summary["delta"] == rule]
+        grid = agg.xs(rule, level="delta").unstack("activation").reindex(index=losses, columns=acts)
+        sns.heatmap(grid.astype(float), cmap=cmap, vmin=vmin, vmax=vmax, cbar=False, ax=ax,
+                    linewidths=0.5, linecolor="white")  # fmt: skip
+        labels = _cell_labels(part, grid, losses, acts, fmt, value)
+        for (i, j), text in np.ndenumerate(labels):  # by hand: seaborn leaves NaN cells unannotated
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})  # fmt: skip
+        _hatch_mismatched(ax, part, losses, acts)
+        ax.set_title(f"δ rule: {rule}")
+        ax.set_xlabel("output activation")
+        ax.set_ylabel("loss")
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.colorbar(axes[0][0].collections[0], ax=axes[0].tolist(), shrink=0.8, label=f"{stat} {value}")
+    fig.suptitle(
+        f"{value}: {stat} over the seeds with a finite value ((k/n): only k of n); hatched = mismatched pairing; "
+        "✕k = k runs diverged/undefined",
+        fontsize=9,
+        y=1.04,
+    )
+    return fig
+
+
+def _cell_labels(
+    part: pd.DataFrame, grid: pd.DataFrame, losses: list[str], acts: list[str], fmt: str, value: str
+) -> np.ndarray:
+    """Per cell: the value, "(k/n)" when only k of n runs have a finite value, "✕k" for stopped runs."""
+    labels = np.empty((len(losses), len(acts)), dtype=object)
+    for i, loss in enumerate(losses):
+        for j, act in enumerate(acts):
+            cell = part[(part["loss"] == loss) & (part["activation"] == act)]
+            v = grid.iloc[i, j]
+            text = "—" if pd.isna(v) else format(v, fmt)
+            values = cell[value].to_numpy(dtype=float)
+            if np.isinf(values).any():  # e.g. a threshold some seeds never reached: the stat is over the rest
+                text += f" ({int(np.isfinite(values).sum())}/{len(values)})"
+            stopped = int(cell["outcome"].isin(STOPPED).sum())
+            labels[i, j] = f"{text}\n✕{stopped}" if stopped else text
+    return labels
+
+
+def _hatch_mismatched(ax: plt.Axes, part: pd.DataFrame, losses: list[str], acts: list[str]) -> None:
+    mismatched = part[part["pairing"] == "mismatched"][["loss", "activation"]].drop_duplicates()
+    for loss, act in mismatched.itertuples(index=False):
+        if loss in losses and act in acts:
+            ax.add_patch(
+                Rectangle((acts.index(act), losses.index(loss)), 1, 1, fill=False, hatch="///", edgecolor="0.6", lw=0)
+            )
+
+
+def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
+    """cos ∠(δ_rule, δ_chain) vs epoch for every mismatched triple (None when there is none).
+
+    While cos > 0 the rule's step is still a descent direction for the loss, which is why a wrong δ can
+    train; where it crosses 0 the step climbs the loss.
+    """
+    data = thin(frame[(frame["pairing"] == "mismatched")].dropna(subset=["grad_cosine"]))
+    if data.empty:
+        return None
+    data = data.assign(pair=data["loss"] + " + " + data["activation"])
+    pairs = [f"{lo} + {act}" for lo in LOSSES.names() for act in OUTPUT_ACTIVATIONS.names()]
+    g = sns.relplot(
+        data=data, x="epoch", y="grad_cosine", hue="delta", hue_order=_order(data["delta"], RULE_ORDER),
+        col="pair", col_order=_order(data["pair"], pairs), col_wrap=min(4, data["pair"].nunique()), kind="line",
+        errorbar=BAND, palette=PALETTE, height=2.2, aspect=1.3,
+    )  # fmt: skip
+    for ax in g.axes.flat:
+        ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        ax.set_ylim(-1.05, 1.05)
+    g.figure.suptitle("cos ∠(δ_rule, true ∂L/∂z) for mismatched rules (> 0: still a descent direction)", y=1.02)
+    return g
+
+
+def slowdown(frame: pd.DataFrame) -> sns.FacetGrid:
+    """The neuron's output a vs epoch (as in Nielsen's ch. 3 figures): colour = cost, panel = start (w, b)."""
+    from harness.report.loading import neuron_output
+
+    data = frame.assign(output=neuron_output(frame))
+    data = data.assign(
+        start="(w, b) = (" + data["init_weight"].map("{:g}".format) + ", " + data["init_bias"].map("{:g}".format) + ")",
+        cost=data["loss"].map({"mse": "quadratic", "bce": "cross-entropy"}).fillna(data["loss"])
+        + ", η = "
+        + data["lr"].map("{:g}".format),
+    )
+    g = sns.relplot(data=data, x="epoch", y="output", hue="cost", col="start", kind="line", height=3, aspect=1.3)
+    g.set(ylim=(0, 1))
+    g.figure.suptitle("Learning slowdown: neuron output vs epoch (x = 1, target y = 0)", y=1.03)
+    return g
+
+
+def lr_sensitivity(summary: pd.DataFrame, value: str = "final_accuracy") -> sns.FacetGrid:
+    """Final ``value`` vs learning rate (log axis) per triple: rows = loss, columns = activation."""
+    data = summary.dropna(subset=["lr"])
+    g = sns.relplot(
+        data=data, x="lr", y=value, hue="delta", hue_order=_order(data["delta"], RULE_ORDER), row="loss",
+        col="activation", row_order=_order(data["loss"], LOSSES.names()),
+        col_order=_order(data["activation"], OUTPUT_ACTIVATIONS.names()), kind="line", marker="o",
+        errorbar=("ci", 95), palette=PALETTE, height=2.2, aspect=1.3, facet_kws={"margin_titles": True},
+    )  # fmt: skip
+    g.set(xscale="log")
+    g.figure.suptitle(f"{value} vs learning rate (mean, 95 % bootstrap CI over seeds; diverged runs omitted)", y=1.02)
+    return g
+
+
+def best_lr(best: pd.DataFrame, value: str = "final_accuracy") -> plt.Figure:
+    """Each triple at its own best rate (from :func:`harness.report.stats.best_lr`): the value and the epochs to
+    threshold there, with 95 % CIs; the label is that rate. A triple with no finite value is marked ✕."""
+    data = best.assign(pair=best["loss"] + " + " + best["activation"]).reset_index(drop=True)
+    pairs = list(dict.fromkeys(data["pair"]))
+    rules = _order(data["delta"], RULE_ORDER)
+    width = 0.8 / max(1, len(rules))
+    fig, axes = plt.subplots(2, 1, figsize=(min(14.0, 1.1 * len(pairs) + 2), 6.5), sharex=True)
+    panels = [(axes[0], "estimate", "ci_low", "ci_high", f"{value} at best lr"),
+              (axes[1], "epochs", "epochs_low", "epochs_high", "epochs to threshold at best lr")]  # fmt: skip
+    for ax, col, lo, hi, label in panels:
+        for k, rule in enumerate(rules):
+            part = data[data["delta"] == rule]
+            x = np.array([pairs.index(p) for p in part["pair"]]) + (k - (len(rules) - 1) / 2) * width
+            ok = np.isfinite(part[col].to_numpy(dtype=float))
+            err = np.array([part[col] - part[lo], part[hi] - part[col]], dtype=float)[:, ok]
+            err = np.nan_to_num(err, nan=0.0, posinf=0.0).clip(min=0)
+            ax.errorbar(x[ok], part[col][ok], yerr=err, fmt="o", color=PALETTE[rule], label=rule, capsize=2)
+            ax.scatter(
+                x[~ok], np.zeros((~ok).sum()), marker="x", color=PALETTE[rule], transform=ax.get_xaxis_transform()
+            )
+            for xi, r, y in zip(x[ok], part["best_lr"][ok], part[col][ok]):
+                ax.annotate(f"{r:g}", (xi, y), fontsize=6, xytext=(2, 3), textcoords="offset points")
+        ax.set_ylabel(label)
+    axes[0].legend(title="δ rule", fontsize=7)
+    axes[1].set_xticks(range(len(pairs)), pairs, rotation=45, ha="right")
+    fig.suptitle("Each triple at its own best learning rate (label = the rate; bars = 95 % CI over seeds; "
+                 "✕ at the bottom = no finished run / never reached)", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,230 @@
+"""Hydra glue: the job function, and the callback that owns a sweep's parent run.
+
+In a ``-m`` sweep the launching process, before any job starts (``on_multirun_start``): validates every
+swept value, creates the MLflow store and experiment (so parallel jobs never race MLflow's first-use
+schema creation) and the parent run, tagged with the sweep directory. Each job finds its parent by that
+tag, which works in-process, in joblib workers and on Ray nodes alike. The parent is ended by
+:func:`end_parent`, called from ``python -m harness``'s own ``finally`` because Hydra does not call
+``on_multirun_end`` when a job failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError, validate
+from harness.names import BLAS_TAG, JOB_TAG, OVERRIDES_TAG, SWEEP_TAG, TAGS_TAG
+
+_parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
+
+
+def sweep_dir(cwd: str, directory: str) -> str:
+    """Absolute sweep directory (the key that ties jobs to their parent run)."""
+    return str(Path(cwd, directory).resolve())
+
+
+def job(cfg: DictConfig) -> float:
+    """Hydra task function: one training run; returns the final test accuracy (for optimising sweepers).
+
+    With ``tracking.resume=true`` a job whose identical config already has a FINISHED run is skipped.
+    """
+    from harness.app import report_config_error, run_job
+    from harness.tracking import config_hash, find_finished, find_sweep_parent, resolve_uri
+
+    hc = HydraConfig.get()
+    cwd = hc.runtime.cwd
+    uri = resolve_uri(cfg.tracking.uri, cwd)
+    if cfg.tracking.resume:
+        done = find_finished(uri, cfg.tracking.experiment, config_hash(OmegaConf.to_container(cfg, resolve=True)))
+        if done is not None:
+            print(f"harness: skipped {' '.join(hc.overrides.task)}: already FINISHED as run {done.info.run_id}")
+            return float(done.data.metrics.get("test_accuracy", float("nan")))
+    parent, tags = None, {}
+    if hc.mode == RunMode.MULTIRUN:
+        directory = sweep_dir(cwd, hc.sweep.dir)
+        tags = {JOB_TAG: str(hc.job.num), OVERRIDES_TAG: " ".join(hc.overrides.task)}
+        if _parent.get("sweep_dir") == directory:
+            parent = _parent["run"].run_id
+        else:
+            parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
+    try:
+        with blas_limit(hc):
+            tags[BLAS_TAG] = str(blas_pool_size())
+            result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
+    except ConfigError as err:
+        report_config_error(err)
+    print(summary_line(cfg, result, uri))
+    return float(result["test_accuracy"])
+
+
+def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str) -> str:
+    """One line per job: what ran, how it ended, its final numbers and where its run is."""
+    return (
+        f"harness: {cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name} on {cfg.dataset.name} (seed {cfg.seed}): "
+        f"{result['outcome']}, train_loss {result['train_loss']:.4g}, test_accuracy {result['test_accuracy']:.3f}; "
+        f"run {result['run_id']} in {uri}"
+    )
+
+
+def blas_threads(hc: DictConfig) -> int | None:
+    """BLAS threads for one job: 1 when a launcher runs jobs side by side, else None (no limit).
+
+    Two jobs on two cores, each with a BLAS pool as wide as the machine, oversubscribe the cores; and at
+    our sizes a second BLAS thread pays only from batch ≈ 128 (../shared/FACTS.md). Loky's own limit is
+    an environment variable read when BLAS loads, so it misses a BLAS already loaded; threadpoolctl is not.
+    """
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    target = str(hc.launcher.get("_target_", ""))
+    if target.endswith("BasicLauncher"):
+        return None
+    if target.endswith("JoblibLauncher") and hc.launcher.get("n_jobs") == 1:
+        return None
+    return 1
+
+
+def blas_pool_size() -> int:
+    """Threads of the widest BLAS pool loaded in this process (recorded as tag ``harness.blas_threads``)."""
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=0)
+
+
+def blas_limit(hc: DictConfig):
+    """Context manager that applies :func:`blas_threads` (and restores the pool after the job)."""
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    threads = blas_threads(hc)
+    return nullcontext() if threads is None else threadpool_limits(limits=threads, user_api="blas")
+
+
+def sweep_overrides(config: DictConfig) -> list[list[str]]:
+    """For each swept key, one override list per value (``key=value``), from the command line and
+    ``hydra.sweeper.params``; non-swept overrides are in every list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    strings = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(strings)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if not swept:
+        return [fixed]
+    return [
+        fixed
+        + [f"{o.get_key_element()}={v}"]
+        + [f"{p.get_key_element()}={next(p.sweep_string_iterator())}" for p in swept if p is not o]
+        for o in swept
+        for v in o.sweep_string_iterator()
+    ]
+
+
+def validate_sweep(config: DictConfig) -> None:
+    """Compose and validate the config once per swept value, before any job or run exists."""
+    from hydra import compose
+
+    name = config.hydra.job.config_name
+    seen: set[tuple[str, ...]] = set()
+    for overrides in sweep_overrides(config):
+        key = tuple(sorted(overrides))
+        if key in seen:
+            continue
+        seen.add(key)
+        validate(compose(config_name=name, overrides=overrides))
+
+
+class SweepCallback(Callback):
+    """Creates the store, experiment and parent run of a sweep before any job starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from harness.app import report_config_error
+
+        try:
+            validate_sweep(config)
+        except ConfigError as err:
+            report_config_error(err)
+        try:
+            self._start_parent(config)
+        except Exception as err:  # Hydra would only warn and run every job without a parent
+            print(f"harness: error: could not create the sweep's MLflow parent run: {err}", file=sys.stderr)
+            raise SystemExit(1) from err
+
+    def _start_parent(self, config: DictConfig) -> None:
+        from harness.tracking import Run, ensure_experiment, resolve_uri
+
+        uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
+        ensure_experiment(uri, config.tracking.experiment)
+        directory = sweep_dir(config.hydra.runtime.cwd, config.hydra.sweep.dir)
+        choices = config.hydra.runtime.choices
+        name = choices.get("experiment") or "sweep"
+        tags = {SWEEP_TAG: directory, OVERRIDES_TAG: " ".join(config.hydra.overrides.task)}
+        if config.get("tags"):
+            tags[TAGS_TAG] = ",".join(config.tags)
+        run = Run.start(uri, config.tracking.experiment, name, tags)
+        _parent.update(run=run, sweep_dir=directory)
+        if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
+            out = str(Path(config.hydra.runtime.cwd, config.report.out))
+            _parent["report"] = (config.tracking.experiment, uri, out)
+        print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at {uri}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        end_parent("FINISHED")
+
+
+def end_parent(status: str) -> None:
+    """End the sweep's parent run, if this process started one (idempotent).
+
+    First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
+    says which jobs did not finish and where their runs are. Then, if the sweep asked for it
+    (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
+    fails is printed, never raised, and the parent run is ended anyway.
+    """
+    run = _parent.pop("run", None)
+    _parent.pop("sweep_dir", None)
+    report = _parent.pop("report", None)
+    if run is None:
+        return
+    try:
+        report_children(run.uri, run.run_id)
+        if report is not None and status != "KILLED":
+            _write_report(*report, parent_run_id=run.run_id)
+    finally:
+        run.end(status)
+
+
+def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> None:
+    try:
+        from harness.report.notebook import after_sweep
+
+        after_sweep(experiment, uri, parent_run_id, out)
+    except Exception as err:  # noqa: BLE001  (the sweep's own status matters more than its report)
+        print(f"harness: warning: no report for {experiment!r}: {err}", file=sys.stderr)
+
+
+def report_children(uri: str, parent_run_id: str) -> None:
+    """End orphaned children KILLED; print every child that is not FINISHED, with its run id and URL."""
+    from harness.tracking import children, end_orphans, run_url
+
+    runs = children(uri, parent_run_id)
+    orphans = {r.info.run_id for r in end_orphans(uri, runs, "KILLED")}
+    bad = [r for r in runs if r.info.run_id in orphans or r.info.status != "FINISHED"]
+    if not bad:
+        return
+    print(f"harness: {len(bad)} of {len(runs)} jobs did not finish:", file=sys.stderr)
+    for r in sorted(bad, key=lambda r: int(r.data.tags.get(JOB_TAG, "0"))):
+        status = "KILLED" if r.info.run_id in orphans else r.info.status
+        job_no, overrides = r.data.tags.get(JOB_TAG, "?"), r.data.tags.get(OVERRIDES_TAG, "")
+        url = run_url(uri, r.info.experiment_id, r.info.run_id)
+        print(f"  #{job_no} {r.info.run_name} {status} ({overrides}): run {r.info.run_id} {url}", file=sys.stderr)
+    if not uri.startswith(("http://", "https://")):
+        print(f"  (see them with: mlflow ui --backend-store-uri {uri})", file=sys.stderr)

@@ -1,0 +1,180 @@
+"""MLflow's internals, in one place: the fast SQL write path and the bulk history read.
+
+MLflow's public API costs ≈ 75 µs per metric value on a SQL store (``log_batch`` adds one ORM object per value,
+mlflow#3010) and builds one ``Metric`` object per value when reading histories back. This module writes and
+reads MLflow's own tables directly instead, with its own validation and sanitation rules:
+
+- :func:`write`: params, metric values, tags and a terminal status of one run in one transaction;
+- :func:`history`: (run_id, metric, step, value) rows of many runs with a few column queries.
+
+It relies on MLflow's schema and store internals (``SqlAlchemyStore``, ``ManagedSessionMaker``, ``SqlMetric``):
+``mlflow`` is pinned ``<3.18`` in pyproject.toml, and tests/test_tracking.py checks both functions against
+the public API value by value. :func:`sql_store` returns None when the internals are missing (another MLflow,
+an HTTP store), and callers then use the public API; ``tracking.fast_path=false`` does the same on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+HISTORY_CHUNK = 100  # run ids per history query (keeps the SQL IN (...) list short)
+
+
+MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step: a buffered metric value
+
+
+METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # of MLflow's ``metrics`` table
+
+
+def sql_store(mlflow_client: Any) -> Any | None:
+    """MLflow's ``SqlAlchemyStore`` behind ``mlflow_client`` if it is one and has every internal that
+    ``write`` uses; else None (an HTTP ``RestStore``, a file store, or an MLflow whose internals moved)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = mlflow_client._tracking_client.store
+    except (AttributeError, ImportError):
+        return None
+    needed = ("ManagedSessionMaker", "_get_run", "_check_run_is_active", "sanitize_metric_value",
+              "_update_latest_metrics_if_necessary")  # fmt: skip
+    return store if isinstance(store, SqlAlchemyStore) and all(hasattr(store, n) for n in needed) else None
+
+
+def write(
+    store: Any,
+    run_id: str,
+    metrics: list[MetricRow],
+    tags: Mapping[str, str],
+    status: str | None = None,
+    params: Mapping[str, str] | None = None,
+) -> None:
+    """Write params, metric values and tags (and end the run with ``status``) on a SQL store in ONE
+    transaction.
+
+    Why: MLflow's ``SqlAlchemyStore.log_batch`` adds one ORM object per value to a session,
+    and that unit of work costs ≈ 75 µs per value (measured, GC off), while the same rows as one Core
+    ``executemany`` cost 4-10 µs; each ``log_batch`` also opens several sessions (one per kind of entity),
+    and every transaction that writes pays a commit (2-15 ms on SQLite). So: params as ``_log_params``
+    does them (a value may be logged again, not changed) but with one Core insert, one bulk insert into
+    ``SqlMetric.__table__``, then MLflow's own ``_update_latest_metrics_if_necessary`` with one
+    ``SqlMetric`` per key (the batch's latest by (step, timestamp, value), the first one on ties, as
+    MLflow's loop keeps it), then the tags as ``SqlTag`` merges (what ``SqlAlchemyStore.set_tag`` does),
+    then ``status`` and ``end_time`` on the run row (what ``set_terminated`` → ``update_run_info`` does).
+
+    Same semantics as ``log_batch``: MLflow's validation (per distinct key; the values are floats and
+    the steps ints by construction in ``Run.log_metrics``), its sanitation (NaN stored as is_nan/0, ±Inf
+    as ±float max; only non-finite values need it), identical values within the batch written once, the
+    run must exist and be active. A value already in the table raises (an ``MlflowException`` caused by
+    an ``IntegrityError``): the caller then falls back to ``log_batch``, whose recovery skips such rows.
+
+    Relies on MLflow's schema and store internals (``metrics`` / ``latest_metrics`` / ``tags`` tables,
+    ``ManagedSessionMaker``, ``_get_run``): mlflow is pinned ``<3.18`` in pyproject.toml and
+    tests/test_tracking.py checks the result against ``log_batch`` value by value.
+    """
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
+    from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
+
+    rows: list[tuple[str, float, int, int, bool, str]] = []  # in the order of METRIC_COLUMNS
+    latest: dict[str, tuple[int, int, float, bool]] = {}  # key -> (step, timestamp, value, is_nan)
+    seen: set[tuple[str, int, int, float, bool]] = set()
+    for key, raw, timestamp, step in metrics:
+        if key not in latest:
+            _validate_metric(key, raw, timestamp, step)
+        is_nan, value = (False, raw) if math.isfinite(raw) else store.sanitize_metric_value(raw)
+        identity = (key, timestamp, step, value, is_nan)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        rows.append((key, value, timestamp, step, is_nan, run_id))
+        best = latest.get(key)
+        if best is None or (step, timestamp, value) > best[:3]:
+            latest[key] = (step, timestamp, value, is_nan)
+    checked_tags = [_validate_tag(k, v) for k, v in tags.items()]
+    checked_params = [_validate_param(k, v) for k, v in (params or {}).items()]
+    with store.ManagedSessionMaker(read_only=False) as session:
+        run = store._get_run(session=session, run_uuid=run_id)
+        store._check_run_is_active(run)
+        if checked_params:
+            query = sqlalchemy.select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run_id)
+            existing = {key: value for key, value in session.execute(query)}
+            changed = [
+                {"key": p.key, "old_value": existing[p.key], "new_value": p.value}
+                for p in checked_params
+                if p.key in existing and existing[p.key] != p.value
+            ]
+            if changed:  # MLflow's own words
+                raise MlflowException(
+                    f"Changing param values is not allowed. Params were already logged='{changed}' for run "
+                    f"ID='{run_id}'.",
+                    INVALID_PARAMETER_VALUE,
+                )
+            new = [
+                {"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked_params if p.key not in existing
+            ]
+            if new:
+                session.execute(sqlalchemy.insert(SqlParam.__table__), new)
+        if rows:
+            _insert_metrics(session, SqlMetric.__table__, rows)
+            instances = [
+                SqlMetric(run_uuid=run_id, key=k, step=s, timestamp=t, value=v, is_nan=n)
+                for k, (s, t, v, n) in latest.items()
+            ]
+            store._update_latest_metrics_if_necessary(instances, session)
+        for tag in checked_tags:
+            session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+        if status is not None:
+            run.status, run.end_time = status, int(time.time() * 1000)
+
+
+def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]]) -> None:
+    """Insert ``rows`` (in the order of ``METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``.
+
+    On SQLite, straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row parameter
+    processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and the
+    columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
+    Elsewhere through SQLAlchemy Core, whose multi-row VALUES batches beat most drivers' ``executemany``.
+    """
+    import sqlalchemy
+
+    insert = sqlalchemy.insert(table)
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(insert, [dict(zip(METRIC_COLUMNS, row)) for row in rows])
+        return
+    compiled = insert.compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
+    order = [METRIC_COLUMNS.index(name) for name in compiled.positiontup]
+    if order != list(range(len(METRIC_COLUMNS))):
+        rows = [tuple(row[i] for i in order) for row in rows]  # type: ignore[misc]
+    connection.exec_driver_sql(str(compiled), rows)
+
+
+def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) -> list[tuple] | None:
+    """(run_id, metric, step, value) rows straight from a SQL store's ``metrics`` table, one query per 100 runs;
+    None when ``mlflow_client`` has no SQL store (or MLflow moved its model), so the caller uses the public API.
+
+    Selecting four columns skips building an MLflow ``Metric`` object per value: 600,000 values load in
+    ≈ 5 s instead of ≈ 60 s (the store's ``get_metric_history_bulk``) or ≈ 100 s (``get_metric_history``
+    per run and metric). NaN, stored as value 0 with ``is_nan`` set, is decoded as MLflow's entities do.
+    """
+    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
+    if not hasattr(store, "ManagedSessionMaker"):
+        return None
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+    except ImportError:  # a future MLflow moved it: the public API still works
+        return None
+    run_ids, rows = list(run_ids), []
+    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
+    with store.ManagedSessionMaker() as session:
+        for start in range(0, len(run_ids), HISTORY_CHUNK):
+            query = session.query(*columns).filter(
+                SqlMetric.run_uuid.in_(run_ids[start : start + HISTORY_CHUNK]), SqlMetric.key.in_(list(metrics))
+            )
+            rows.extend((r, k, s, math.nan if n else v) for r, k, s, v, n in query.all())
+    return rows

@@ -1,0 +1,149 @@
+"""Reading the store back: a sweep's parent and children, finished runs by config hash, metric histories.
+
+Knows nothing of the math: metric and tag names come from :mod:`harness.names`, values are numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from harness.names import HASH_TAG, OUTCOME_TAG, PARENT_TAG, SWEEP_TAG
+from harness.tracking import mlflow_sql
+from harness.tracking.run import client
+
+# Config sections that say where and how a run is recorded or reported, not what it computes.
+NOT_IDENTITY = ("tracking", "hydra", "report", "tags")
+
+
+def find_sweep_parent(uri: str, experiment: str, sweep_dir: str) -> str | None:
+    """Run id of the RUNNING parent run of the sweep writing to ``sweep_dir`` (None if there is none)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    quoted = sweep_dir.replace("'", "\\'")
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{quoted}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Identity of a job: sha256 of the resolved config (a plain mapping) without the sections in
+    :data:`NOT_IDENTITY` (``tracking``, ``hydra``, ``report``, ``tags``), which say where a run is recorded,
+    how it is reported and labelled, not what it computes. Keys are sorted, so the order of overrides on
+    the command line does not matter."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_finished(uri: str, experiment: str, digest: str) -> Any | None:
+    """The newest FINISHED run of ``experiment`` tagged with config hash ``digest`` (None if none)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{HASH_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def children(uri: str, parent_run_id: str) -> list[Any]:
+    """Every child run of ``parent_run_id`` (all statuses)."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    return list(
+        c.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=50000,
+        )
+    )
+
+
+def end_orphans(uri: str, runs: Iterable[Any], status: str = "KILLED") -> list[Any]:
+    """End ``runs`` still RUNNING with ``status`` (KILLED or FAILED) and tag ``outcome``; returns them.
+
+    A worker that is killed (loky terminating its pool on Ctrl-C, a lost Ray node) never reaches its own
+    ``finally``; the launching process, which outlives it, closes its run instead.
+    """
+    outcome = {"KILLED": "killed", "FAILED": "failed"}[status]
+    c = client(uri)
+    orphans = [r for r in runs if r.info.status == "RUNNING"]
+    for run in orphans:
+        c.set_tag(run.info.run_id, OUTCOME_TAG, outcome)
+        c.set_terminated(run.info.run_id, status)
+    return orphans
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to see a run: the server's own page for an HTTP store, else the default ``mlflow ui`` address."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def all_runs(mlflow_client: Any, experiment_id: str) -> list:
+    """Every run of the experiment (all pages of ``search_runs``)."""
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def select_sweep(runs: list, parent_run_id: str | None = None) -> tuple[str | None, list]:
+    """The runs of one sweep: the children of ``parent_run_id``, by default of the newest parent run.
+
+    An experiment without sweep parents (only single runs) gives all its runs.
+    """
+    parents = [r for r in runs if SWEEP_TAG in r.data.tags]
+    if parent_run_id is None and parents:
+        parent_run_id = max(parents, key=lambda r: r.info.start_time).info.run_id
+    if parent_run_id is None:
+        return None, runs
+    return parent_run_id, [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
+
+
+def _api_history(mlflow_client: Any, run_ids: list[str], metrics: Sequence[str]) -> list[tuple]:
+    return [
+        (rid, key, m.step, m.value)
+        for rid in run_ids
+        for key in metrics
+        for m in mlflow_client.get_metric_history(rid, key)
+    ]
+
+
+def histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str], fast_path: bool = True) -> pd.DataFrame:
+    """Every logged value of ``metrics`` as one row per (run_id, epoch), one column per metric.
+
+    On a SQL store (SQLite, PostgreSQL, ...) a few column queries (:func:`mlflow_sql.history`); otherwise, or
+    with ``fast_path=False``, one ``get_metric_history`` call per run and metric.
+    """
+    c, run_ids = client(uri), list(run_ids)
+    rows = mlflow_sql.history(c, run_ids, metrics) if fast_path else None
+    if rows is None:
+        rows = _api_history(c, run_ids, metrics)
+    tall = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"], dtype=object)
+    tall["value"] = tall["value"].astype(float)
+    if tall.empty:
+        return pd.DataFrame(columns=["run_id", "epoch", *metrics])
+    # groupby/unstack, not pivot_table(dropna=False): that would add every (run, epoch) combination
+    wide = tall.groupby(["run_id", "epoch", "metric"])["value"].last().unstack("metric")
+    wide = wide.reindex(columns=list(metrics)).reset_index()
+    wide.columns.name = None
+    return wide

@@ -1,0 +1,34 @@
+"""The harness's default sweeper: Hydra's ``BasicSweeper`` without its up-front re-composition of every job.
+
+Before launching a batch, ``BasicSweeper`` composes the config of every job in it, in the launching
+process and one after the other, only to catch composition errors early; the launcher then composes each
+job again to run it. At ≈ 0.1 s per composition that is 3.6 s before the first job of a 36-job grid and
+75 s for the 756 jobs of ``lr_fairness``. The harness's sweep callback (``harness.sweep.SweepCallback``)
+already composes the config once per swept value and validates it (a bad value stops the sweep before any
+job or run exists), so this sweeper skips the second check. Everything else is ``BasicSweeper``'s:
+``hydra.sweeper.params``, ``max_batch_size``, the order of jobs. ``hydra/sweeper=basic`` restores it.
+
+It lives in ``hydra_plugins`` because Hydra instantiates sweepers only from that package (and has no
+``from __future__ import annotations``: Hydra's plugin scan imports modules in a way that breaks it).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class HarnessSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.harness_sweeper.harness_sweeper.HarnessSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="harness", node=HarnessSweeperConf, provider="harness")
+
+
+class HarnessSweeper(BasicSweeper):
+    """``BasicSweeper`` whose batch check is the sweep callback's validation of every swept value."""
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Nothing to do: ``SweepCallback.on_multirun_start`` validated every swept value already."""

@@ -1,0 +1,264 @@
+"""MLflow tracking: the store, the experiment, parent and child runs, buffered metrics.
+
+Knows nothing of the math: it logs names, numbers and texts. Everything goes through an explicit
+``MlflowClient`` and run id, never through MLflow's process-global active-run stack, so a worker process
+that runs several jobs in turn (joblib/loky reuses them) cannot leak one job's run into the next.
+
+Costs measured on SQLite (../shared/FACTS.md): one ``log_metric`` call is a transaction (3.3 ms), a
+``log_batch`` of hundreds of values costs ≈ 67-75 µs per value, almost all of it SQLAlchemy ORM work. So
+metrics are buffered in memory, and written on a SQL store by :func:`harness.tracking.mlflow_sql.write`
+(one bulk insert and one transaction per flush), on any other store (HTTP) with ``log_batch`` in chunks of
+at most 1,000. Each store call is a transaction of 2-5 ms, so on a SQL store ``Run.end`` writes the last
+metrics, the outcome tags and the terminal status in one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.names import HOST_TAG, PID_TAG
+from harness.tracking import mlflow_sql
+from harness.tracking.mlflow_sql import MetricRow
+
+MAX_METRICS_PER_BATCH = 1000
+# The SQL path has no per-call limit, and each transaction costs a commit (2-15 ms on SQLite): buffer up to
+# 20,000 values (≈ 2 MB; still written at least every ``flush_seconds``), so XOR's 5,005 go in one.
+MAX_SQL_BUFFER = 20000
+MAX_PARAM_LENGTH = 6000
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def resolve_uri(uri: str | None, cwd: str | os.PathLike[str] | None = None) -> str:
+    """The tracking URI to use, made absolute so that jobs in other directories write the same store.
+
+    Order: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default,
+    ``sqlite:///mlflow.db`` in ``cwd`` (the directory the command runs from).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        if path != ":memory:":
+            return "sqlite:///" + str((base / path).resolve())
+    if "://" not in uri:  # a bare path means a file store
+        return "file://" + str((base / uri).resolve())
+    return uri
+
+
+def client(uri: str):
+    """An ``MlflowClient`` for ``uri`` (imported lazily: ``import mlflow`` costs ≈ 1 s)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Id of experiment ``name``, created if missing (safe when another process creates it first)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name)
+    except MlflowException:
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+class Run:
+    """One MLflow run: params, tags, buffered metrics, text artifacts, and a terminal status."""
+
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        flush_seconds: float = 10.0,
+        artifact_uri: str | None = None,
+        mlflow_client: Any = None,
+        fast_path: bool = True,
+    ) -> None:
+        """``fast_path=False`` writes through MLflow's public ``log_batch`` only, never its SQL internals."""
+        self.uri = uri
+        self.run_id = run_id
+        self.client = mlflow_client if mlflow_client is not None else client(uri)
+        self.flush_seconds = flush_seconds
+        self.artifact_uri = artifact_uri  # from create_run: spares log_text the get_run MLflow does first
+        self._artifact_repo: Any = None
+        # the SqlAlchemyStore for the fast path: None if there is none or it is switched off; found once
+        self._store: Any = ... if fast_path else None
+        self._buffer: list[MetricRow] = []
+        self._last_flush = time.monotonic()
+        self.ended = False
+
+    @classmethod
+    def start(
+        cls,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        fast_path: bool = True,
+    ) -> Run:
+        """Create a RUNNING run (nested under ``parent_run_id`` when given); ``fast_path`` as in ``Run``."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        experiment_id = ensure_experiment(uri, experiment)
+        # Where the run executes: on a cluster, the first thing to know about a run that died.
+        all_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **(tags or {})}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        c = client(uri)
+        run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return cls(uri, run.info.run_id, artifact_uri=run.info.artifact_uri, mlflow_client=c, fast_path=fast_path)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log ``params`` (values cut to MLflow's 6,000 characters) in one transaction on a SQL store, else
+        one ``log_batch`` (MLflow splits it into calls of ≤ 100). Tags known at the start go with
+        ``create_run`` instead, the outcome with ``end``."""
+        self._write([], {}, params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set ``tags`` now, with the buffered metrics left buffered."""
+        self._write([], {k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
+        """Buffer one step's metrics (at ``timestamp`` ms since the epoch, default now); written every
+        ``flush_seconds`` or when the buffer is full (1,000 values, ``MAX_SQL_BUFFER`` on a SQL store)."""
+        now = int(time.time() * 1000) if timestamp is None else int(timestamp)
+        step = int(step)
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
+        full = MAX_SQL_BUFFER if self._sql() is not None else MAX_METRICS_PER_BATCH
+        if len(self._buffer) >= full or time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self, tags: Mapping[str, Any] | None = None) -> None:
+        """Write every buffered metric value, and ``tags``, in one transaction on a SQL store."""
+        buffer, self._buffer = self._buffer, []
+        self._write(buffer, {k: str(v) for k, v in (tags or {}).items()})
+        self._last_flush = time.monotonic()
+
+    def _sql(self) -> Any | None:
+        """The store for ``mlflow_sql.write`` (None if there is none), looked up on first use only."""
+        if self._store is ...:
+            self._store = mlflow_sql.sql_store(self.client)
+        return self._store
+
+    def _write(
+        self,
+        metrics: list[MetricRow],
+        tags: Mapping[str, str],
+        status: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> bool:
+        """``mlflow_sql.write`` when the store allows it, else ``MlflowClient.log_batch`` (≤ 1,000 per call).
+        Returns whether ``status`` was set too (only ``mlflow_sql.write`` does)."""
+        import sqlalchemy.exc
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking.fluent import get_active_model_id
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        if not metrics and not tags and not params and status is None:
+            return False
+        store = self._sql()
+        # log_batch also records metrics of an active logged model, and renames the run on a
+        # mlflow.runName tag: neither is in mlflow_sql.write, so those go the plain way.
+        if store is not None and MLFLOW_RUN_NAME not in tags and get_active_model_id() is None:
+            try:
+                mlflow_sql.write(store, self.run_id, metrics, tags, status, params)
+                return status is not None
+            except MlflowException as err:
+                if not isinstance(err.__cause__, sqlalchemy.exc.IntegrityError):
+                    raise
+        if metrics or tags or params:
+            self._log_batch(metrics, tags, params or {})
+        return False
+
+    def _log_batch(self, metrics: list[MetricRow], tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        entities = [Metric(k, v, t, s) for k, v, t, s in metrics]
+        # MlflowClient.log_batch splits this into calls within MLflow's limits (≤ 1,000 metrics, ≤ 100 tags).
+        self.client.log_batch(
+            self.run_id,
+            metrics=entities,
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write ``text`` as artifact ``artifact_file`` straight to the run's artifact repository.
+
+        ``MlflowClient.log_text`` does the same after a ``get_run`` to learn the artifact URI, which
+        ``start`` already kept from ``create_run``."""
+        if self.artifact_uri is None:
+            self.client.log_text(self.run_id, text, artifact_file)
+            return
+        if self._artifact_repo is None:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+            from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+            location = add_databricks_profile_info_to_artifact_uri(self.artifact_uri, self.uri)
+            self._artifact_repo = get_artifact_repository(location, tracking_uri=self.uri)
+        path = posixpath.normpath(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, posixpath.basename(path))
+            local.write_text(text, encoding="utf-8")
+            self._artifact_repo.log_artifact(str(local), posixpath.dirname(path) or None)
+
+    def log_input(self, dataset: Any, context: str = "train") -> None:
+        """Record an ``mlflow.data`` dataset as an input of this run."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        try:
+            self.client.log_inputs(self.run_id, datasets=[entity])
+        except MlflowException as err:
+            # MLflow inserts an experiment's dataset row on first use after a check that another process
+            # can pass at the same moment (parallel jobs, same dataset): the loser hits the UNIQUE
+            # constraint, and then the row exists, so one more call links it.
+            if "UNIQUE constraint" not in str(err) and "IntegrityError" not in str(err):
+                raise
+            self.client.log_inputs(self.run_id, datasets=[entity])
+
+    def end(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> None:
+        """Write the buffered metrics and ``tags`` and set the terminal status (FINISHED, FAILED or KILLED):
+        one transaction on a SQL store, else ``log_batch`` then ``set_terminated``; idempotent.
+
+        If that write fails, the tags are tried once more on their own and the status is set anyway
+        (``set_terminated``): a run must never stay RUNNING or lose its outcome."""
+        if self.ended:
+            return
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        text_tags = {k: str(v) for k, v in (tags or {}).items()}
+        buffer, self._buffer = self._buffer, []
+        terminated = False
+        try:
+            terminated = self._write(buffer, text_tags, status)
+        except BaseException:
+            if text_tags:
+                with contextlib.suppress(Exception):
+                    self._write([], text_tags)
+            raise
+        finally:
+            if not terminated:
+                self.client.set_terminated(self.run_id, status)
+            self.ended = True
+
+    def __repr__(self) -> str:
+        return f"Run(run_id={self.run_id!r}, uri={self.uri!r})"

@@ -184,7 +184,7 @@ class MatchingLoss(Loss):
         raise self._unbound()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, activation={self.activation!r})"
+        return f"MatchingLoss(name={self.name!r}, activation={self.activation!r})"
 
 
 class _SigmoidMatching(MatchingLoss):

@@ -62,7 +62,7 @@ def test_defaults_and_per_dataset_settings(compose_cfg):
             "model.hidden=[4,0]",
             "model.hidden=[4, 0] must list hidden layer sizes ≥ 1 (use model.hidden=[] for no hidden layer).",
         ),
-        ("loss.name=hinge", "loss.name='hinge' is not a known option; allowed: bce, mse, cce."),
+        ("loss.name=hinge", "loss.name='hinge' is not a known option; allowed: bce, mse, cce, matching."),
         (
             "model.hidden_activation=softplus",
             "model.hidden_activation='softplus' is not a known option; allowed: sigmoid, tanh, relu.",
@@ -109,7 +109,7 @@ def test_bad_value_in_a_sweep_fails_before_any_run(tmp_path):
 def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
     p = harness("loss=hinge", cwd=tmp_path)
     assert p.returncode != 0
-    assert "Could not find 'loss/hinge'" in p.stderr and "bce\n\tcce\n\tmse" in p.stderr
+    assert "Could not find 'loss/hinge'" in p.stderr and "bce\n\tcce\n\tmatching\n\tmse" in p.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -202,13 +202,14 @@ def test_diverged_run_is_finished_with_outcome(compose_cfg, store):
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "diverged"
 
 
-def test_gradcheck_cli_prints_the_36_triples():
+def test_gradcheck_cli_prints_the_48_triples():
     p = subprocess.run([sys.executable, "-m", "harness.gradcheck"], capture_output=True, text=True, check=True)
     lines = p.stdout.strip().splitlines()
     rows = [ln.split() for ln in lines[1:-1]]
-    assert len(rows) == 36
+    assert len(rows) == 48
     verdicts = {(r[0], r[1], r[2]): r[4] for r in rows}
     assert verdicts[("bce", "sigmoid", "ng")] == "exact" and verdicts[("mse", "sigmoid", "ng")] == "mismatched"
     assert verdicts[("cce", "softmax", "nielsen")] == "mismatched" and verdicts[("mse", "tanh", "nielsen")] == "exact"
+    assert all(verdicts[("matching", a, "ng")] == "exact" for a in ("sigmoid", "softmax", "identity", "tanh"))
     assert all(float(r[3]) < 1e-6 for r in rows if r[2] == "chain")
-    assert lines[-1].startswith("18 of 36 triples exact")
+    assert lines[-1].startswith("27 of 48 triples exact")

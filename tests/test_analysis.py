@@ -380,3 +380,17 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
     few = comps(lambda s: 0.75, lambda s: 1.0, seeds=4)  # tuning 0, 1 (40 %: 2 of 4); 2 evaluation pairs
     lead, lines = questions._fairness(few)
     assert "1 have too few evaluation pairs" in lead and "n = 2 pairs: no test at this n" in lines[0]
+
+
+def test_descent_share_is_quoted_beside_what_the_delta_cosine_would_claim():
+    from harness.report import questions
+
+    frame = synthetic_frame(epochs=9)  # mismatched runs: grad_cosine 0.9 − 0.01·epoch, always > 0
+    text, table = questions.descent_table(frame)
+    assert "had a parameter update that was a descent direction" in text and "(100.0%)" in text
+    assert "logged no `delta_cosine`" in text and "δ cosine > 0 would claim" not in table  # runs before the metric
+    newer = frame.assign(grad_cosine=np.where(frame["epoch"] % 2 == 0, 0.5, -0.2), delta_cosine=0.8)
+    text, table = questions.descent_table(newer)
+    assert "(50.0%)" in text and "`delta_cosine` > 0) would have claimed 100.0%" in text
+    assert (table["δ cosine > 0 would claim"] == 1.0).all() and (table["descent (grad_cosine > 0)"] == 0.5).all()
+    assert questions.descent_table(frame[frame["pairing"] == "exact"]) is None

@@ -159,10 +159,12 @@ pd.set_option('display.width', 200)
 study = loading.load({experiment!r}, uri={uri!r}, parent_run_id={parent!r})
 summary = loading.run_summary(study)
 comps = questions.comparisons(study, summary)
-# the figures show each triple at its own best rate on a learning-rate grid (chosen on the tuning seeds)
+# on a learning-rate grid the figures show each triple at its own best rate (chosen on the tuning seeds), on the
+# evaluation seeds: the runs the comparisons stand on
 frame, runs = study.frame, summary
 if comps.best is not None:
     frame, runs = stats.at_best_lr(study.frame, comps.best), stats.at_best_lr(summary, comps.best)
+    frame, runs = frame[frame["seed"].isin(comps.evaluation)], runs[runs["seed"].isin(comps.evaluation)]
 questions.overview(study, summary, comps).show()
 """
 
@@ -260,7 +262,8 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block extra_css -%}
 <style>
-main { max-width: 60rem; margin: 0 auto; }
+main { max-width: 64rem; margin: 0 auto; }
+.wide { overflow-x: auto; } .jp-OutputArea-output { overflow-x: auto; }
 figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
 details { margin: 0.5em 0; } summary { cursor: pointer; font-weight: 600; }
 math[display="block"] { margin: 0.6em 0; }

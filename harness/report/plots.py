@@ -280,7 +280,7 @@ def details(summary: str, table: pd.DataFrame) -> object:
     from IPython.display import HTML
 
     body = table.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.4g}", border=0)
-    return HTML(f"<details><summary>{html.escape(summary)}</summary>{body}</details>")
+    return HTML(f'<details><summary>{html.escape(summary)}</summary><div class="wide">{body}</div></details>')
 
 
 def _panels(frame: pd.DataFrame) -> str:

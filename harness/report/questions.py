@@ -160,6 +160,8 @@ def overview(study: Study, summary: pd.DataFrame, comps: Comparisons) -> Answer:
         + (f"; threshold: test accuracy ≥ {study.threshold:g}" if study.threshold is not None else "")
         + f". Comparisons: {comps.design()}; {len(comps.items)} in all, adjusted together (see *Methods*)."
     )
+    if comps.best is not None:
+        text += " The figures show each triple at its own chosen rate on the evaluation seeds, except the rate sweep."
     if comps.best is not None and len(comps.evaluation) < stats.MIN_PAIRS:
         text += (
             f" With {len(comps.evaluation)} evaluation seeds no comparison can reach p < {stats.ALPHA:g}: run more "

@@ -169,6 +169,16 @@ class Comparison:
             self.margin is not None) else ""  # fmt: skip
         return f"inconclusive: no difference detected (q = {self.q:.2g}){equiv}"
 
+    def short(self) -> str:
+        """The verdict in a word or three, for tables."""
+        if self.n == 0:
+            return "no pairs"
+        if not self.testable:
+            return f"no verdict (n = {self.n} < {MIN_PAIRS})"
+        if self.q < ALPHA:
+            return f"{self.a} {'higher' if _direction(self) > 0 else 'lower'}"
+        return "equivalent" if self.q_equiv < ALPHA else "inconclusive"
+
     def sentence(self) -> str:
         """One line: the effect with CI and n, censoring counts, the verdict."""
         never = ""
@@ -257,10 +267,10 @@ def table(comparisons: Sequence[Comparison]) -> pd.DataFrame:
                 "mean difference [95 % BCa CI]": format_ci(c.effect),
                 "p (signed rank)": c.p,
                 "q (BH)": c.q,
-                "margin": c.margin_text or "—",
+                "margin": c.margin_text.replace("`", "") or "—",
                 "p (TOST)": c.p_equiv,
                 "q TOST (BH)": c.q_equiv,
-                "verdict": c.verdict().replace("**", "").replace("`", ""),
+                "verdict": c.short(),
             }
             for c in comparisons
         ]

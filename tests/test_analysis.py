@@ -193,6 +193,14 @@ def test_never_reached_is_ranked_last_and_the_mean_uses_pairs_where_both_reached
     assert "never reached: `x` only on 1, `y` only on 0, both on 1 pairs" in c.sentence()
 
 
+def test_an_epoch_margin_is_never_finer_than_the_logging_interval():
+    a, b = _seeds([20.0, 30, 20, 30, 20, 30]), _seeds([30.0, 20, 30, 20, 30, 20])  # logged every 10 epochs
+    fine = stats.compare(a, b, "epochs_to_threshold")
+    assert fine.margin == pytest.approx(2.5)  # 10 % of the median 25: no pair can fall inside it
+    coarse = stats.compare(a, b, "epochs_to_threshold", resolution=10.0)
+    assert coarse.margin == 10.0 and "one logging interval" in coarse.margin_text
+
+
 def test_adjust_is_benjamini_hochberg_over_every_testable_p():
     cs = [stats.compare(_seeds(np.arange(8) + k), _seeds(np.arange(8) * 1.1), "final_accuracy") for k in (0, 1, 3)]
     stats.adjust(cs)

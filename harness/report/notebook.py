@@ -101,8 +101,9 @@ METHODS_MD = r"""## Methods: how the numbers are made
 - **Too few pairs.** An exact two-sided sign-flip test cannot give p < 0.05 with fewer than 6 pairs
   ($2/2^5 = 0.0625$): such comparisons get no verdict, say so, and are left out of the multiple-testing family.
 - **Equivalence.** "Equivalent" means TOST: two one-sided signed-rank tests against the margins $\pm 0.02$ in
-  final accuracy, $\pm 10\,\%$ of the reference rule's median epochs to threshold, $\pm 10\,\%$ of its median final
-  loss. The TOST p-value is the larger of the two. Overlapping intervals are not evidence of equivalence.
+  final accuracy, $\pm 10\,\%$ of the reference rule's median epochs to threshold (at least one logging interval:
+  a finer margin could not be met even by identical training), $\pm 10\,\%$ of its median final loss. The TOST
+  p-value is the larger of the two. Overlapping intervals are not evidence of equivalence.
 - **Multiple comparisons.** Benjamini–Hochberg (`scipy.stats.false_discovery_control`) across all the comparisons
   of this report: the difference tests form one family, the equivalence tests another; verdicts use q < 0.05.
 - **Never reached (censoring).** Epochs to threshold is $\infty$ for a run that never reached the threshold. A pair

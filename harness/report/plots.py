@@ -180,7 +180,8 @@ def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
         if panel["epoch"].nunique() < 2:  # e.g. runs that stopped at epoch 0: one point, no curve
             ax.text(0.5, 0.3, f"only epoch {panel['epoch'].max():g} logged:\n" + _outcomes(panel),
                     transform=ax.transAxes, ha="center", va="center", fontsize=8, color="red")  # fmt: skip
-    g.figure.suptitle("cos ∠(δ_rule, true ∂L/∂z) for mismatched rules (> 0: still a descent direction)", y=1.02)
+    g.figure.suptitle("grad_cosine of mismatched rules: cosine between the rule's step and the true gradient "
+                      "(> 0: still a descent direction)", y=1.02)  # fmt: skip
     return g
 
 

@@ -123,9 +123,14 @@ def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
         lr = rates.get((loss, act, rule)) if grid else None
         return stats.paired_values(summary, metric, loss, act, rule, lr=lr, seeds=evaluation)
 
+    frame = getattr(study, "frame", None)
+    epochs = np.unique(frame["epoch"].dropna()) if frame is not None and "epoch" in frame else []
+    step = float(np.median(np.diff(epochs))) if len(epochs) > 1 else 0.0  # the logging interval (train.eval_every)
+
     def add(key: tuple, metric: str, loss: str, act: str, a: str, b: str) -> None:
+        resolution = step if metric == "epochs_to_threshold" else 0.0
         items[key] = compare(values(metric, loss, act, a), values(metric, loss, act, b), metric, (a, b),
-                             f"{loss} + {act}")  # fmt: skip
+                             f"{loss} + {act}", resolution)  # fmt: skip
 
     items: dict[tuple, Comparison] = {}
     if study.dataset != "neuron":

@@ -206,9 +206,17 @@ def _direction(c: Comparison) -> float:
 
 
 def compare(
-    a: pd.Series, b: pd.Series, metric: str, names: tuple[str, str] = ("a", "b"), label: str = ""
+    a: pd.Series,
+    b: pd.Series,
+    metric: str,
+    names: tuple[str, str] = ("a", "b"),
+    label: str = "",
+    resolution: float = 0.0,
 ) -> Comparison:
     """``a`` − ``b`` on the seeds both have (Series indexed by seed): effect, signed-rank p, TOST p.
+
+    ``resolution``: the smallest difference the metric can show (epochs logged every 10 epochs: 10); a relative
+    equivalence margin is never narrower, or equivalence could not be shown even for identical training.
 
     NaN on either side (the run diverged, became undefined or failed) drops the pair (counted in ``dropped``).
     """
@@ -234,6 +242,8 @@ def compare(
     elif kind == "rel" and len(ref):
         c.margin = size * float(np.median(ref))
         c.margin_text = f"±{size:.0%} of `{c.b}`'s median ({c.margin:.3g})"
+        if c.margin < resolution:
+            c.margin, c.margin_text = resolution, f"±{resolution:g} (one logging interval; 10 % of the median is less)"
     if c.margin is not None and c.margin > 0:
         # TOST: H0 "d ≤ −m" rejected by a one-sided test of d + m > 0, H0 "d ≥ m" by d − m < 0; p = the larger
         c.p_equiv = max(_signed_rank(d + c.margin, "greater"), _signed_rank(d - c.margin, "less"))

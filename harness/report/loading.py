@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import names
 from harness.names import EPOCHS_RUN_TAG, METRICS, OUTCOME_TAG, PAIRING_TAG, TEST_ACCURACY, TRAIN_LOSS
 from harness.tracking import all_runs, client, histories, resolve_uri, select_sweep
+
+# Newer runs also log the output-δ cosine and tag how many evaluated epochs had an undefined loss; older runs
+# have neither (the frame then has NaN there). The names come from harness.names once it defines them.
+DELTA_COSINE = getattr(names, "DELTA_COSINE", "delta_cosine")
+UNDEFINED_EPOCHS_TAG = getattr(names, "UNDEFINED_EPOCHS_TAG", "undefined_epochs")
+REPORT_METRICS = (*METRICS, *((DELTA_COSINE,) if DELTA_COSINE not in METRICS else ()))
 
 KEYS = ["loss", "activation", "delta"]
 # Accuracy that counts as "trained": XOR is solved when all four points are right; MNIST at 85 % test
@@ -88,6 +95,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
                 # a run still RUNNING has no outcome yet; a FAILED one may have died before tagging
                 "outcome": t.get(OUTCOME_TAG, "failed" if r.info.status == "FAILED" else "running"),
                 "epochs_run": _number(t.get(EPOCHS_RUN_TAG)),
+                "undefined_epochs": _number(t.get(UNDEFINED_EPOCHS_TAG)),
             }
         )
     frame = pd.DataFrame(rows)
@@ -136,7 +144,7 @@ def load(experiment: str, uri: str | None = None, parent_run_id: str | None = No
     ``fast_path=False`` reads them through MLflow's public API only (see :mod:`harness.tracking.mlflow_sql`).
     """
     study = locate(experiment, uri, parent_run_id)
-    frame = histories(study.uri, study.runs["run_id"].tolist(), METRICS, fast_path=fast_path)
+    frame = histories(study.uri, study.runs["run_id"].tolist(), REPORT_METRICS, fast_path=fast_path)
     frame = frame.merge(study.runs, on="run_id", how="left")
     study.frame = frame.sort_values(["run_id", "epoch"], ignore_index=True)
     return study

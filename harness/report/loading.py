@@ -174,14 +174,17 @@ def first_epoch_at(history: pd.DataFrame, metric: str, threshold: float) -> floa
 def run_summary(study: Study, threshold: float | None = None) -> pd.DataFrame:
     """One row per run: its settings, final metrics and epochs to ``threshold`` test accuracy.
 
-    ``final_accuracy`` / ``final_loss`` are the last logged values of a completed run and NaN for a run that
-    diverged, became undefined or failed; ``epochs_to_threshold`` is inf when the threshold was never reached
-    (also when the run diverged before reaching it).
+    ``final_accuracy`` is the last logged test accuracy of a run that trained to its last epoch: ``completed``,
+    or ``undefined`` (its loss was undefined at the end, but its network is finite and has an accuracy; runs
+    tagged ``undefined_epochs`` train to the end, older ones stopped at epoch 0 and get NaN). It is NaN for a
+    run that diverged or failed. ``final_loss`` is the last logged training loss (NaN where undefined);
+    ``epochs_to_threshold`` is inf when the threshold was never reached (also when the run diverged first).
     """
     threshold = study.threshold if threshold is None else threshold
     last = study.frame.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
     out = study.runs.copy()
-    done = out["outcome"] == "completed"
+    trained_on = out["outcome"].eq("undefined") & out["undefined_epochs"].notna()
+    done = out["outcome"].eq("completed") | trained_on
     out["final_accuracy"] = out["run_id"].map(last[TEST_ACCURACY]).where(done)
     out["final_loss"] = out["run_id"].map(last[TRAIN_LOSS]).where(done)
     out["last_epoch"] = out["run_id"].map(last["epoch"])

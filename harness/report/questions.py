@@ -371,8 +371,10 @@ def q3(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
         paras.append(
             "Runs that ended undefined or diverged, per pair: "
             + "; ".join(f"{lo} + {act}: " + ", ".join(f"{n} {o}" for o, n in v.items()) for (lo, act), v in by.items())
-            + ". A log loss needs outputs inside its domain (a ∈ (0, 1) for BCE, a > 0 for CCE); identity and "
-            "tanh outputs leave it, whatever δ rule is used."
+            + ". A log loss needs outputs inside its domain (a ∈ (0, 1) for BCE, a > 0 for CCE), which identity and "
+            "tanh outputs can leave. Such a run still trains to its last epoch (ng and nielsen never read the loss, "
+            "chain needs only its gradient formula); its loss is logged as NaN on those epochs and its accuracy "
+            "counts in the table below. It ends `undefined` only if the loss is still undefined at the last epoch."
         )
     else:
         paras.append(f"All {len(logs)} log-loss runs stayed inside the loss's domain.")

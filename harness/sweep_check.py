@@ -43,12 +43,15 @@ Composer = Callable[[list[str]], DictConfig]
 def sweep_params(config: DictConfig) -> tuple[list[str], Swept]:
     """The fixed overrides and the swept keys with their values, from ``hydra.sweeper.params`` and the
     command line (as Hydra's basic sweeper reads them)."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = config.hydra.sweeper.get("params")
     params = OmegaConf.to_container(params, resolve=False) if params else {}
     strings = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(strings)
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None  # glob(*) lists a group's options with it
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(strings)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     swept = [(o.get_key_element(), list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()]
     return fixed, swept

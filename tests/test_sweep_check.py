@@ -140,6 +140,14 @@ def test_a_name_two_swept_keys_change_is_composed_per_pair_of_their_values():
     assert sorted(tuple(c.values()) for c in composed) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
 
 
+def test_sweep_functions_expand_as_the_sweeper_expands_them():
+    assert check("loss=glob(*)", "seed=range(2)") == (3 * 2, 1 + 2 + 1)  # glob lists the group's options
+    assert error("activation=choice(sigmoid,softmax)", "dataset=xor1") == (
+        "Invalid configuration: activation=softmax needs ≥ 2 outputs, but dataset=xor1 has 1; "
+        "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
+    )
+
+
 def test_no_swept_key_is_one_job():
     assert check("train.epochs=2") == (1, 1)
 

@@ -149,6 +149,15 @@ def test_mnist_is_the_real_stratified_subset():
     np.testing.assert_array_equal(mnist().x_test, d.x_test)
 
 
+def test_the_cached_mnist_arrays_are_read_only():
+    d = load("mnist")
+    assert load("mnist") is d  # cached: every job in a process shares these arrays
+    for arr in (d.x_train, d.y_train, d.x_test, d.y_test):
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0, 0] = 1.0
+
+
 def test_mnist_default_reaches_088(compose_cfg):
     cfg = compose_cfg("dataset=mnist", "loss=cce", "activation=softmax", "delta=ng")
     r = run(

@@ -47,11 +47,11 @@ def error(*overrides: str) -> str:
 
 @pytest.mark.parametrize(
     "preset,jobs,compositions",
-    [("lr_fairness", 756, 1 + 2 + 3 + 2 + 6 + 2), ("slowdown", 4, 1 + 1 + 1), ("seed_xor", 20, 1 + 1 + 9)],
+    [("lr_fairness", 2520, 1 + 2 + 3 + 2 + 6 + 9), ("slowdown", 4, 1 + 1 + 1), ("seed_xor", 20, 1 + 1 + 9)],
 )
 def test_presets_pass_with_one_composition_per_swept_value(preset, jobs, compositions):
-    # lr_fairness sweeps loss (3), activation (4), delta (3), train.lr (7), seed (3): the first values share
-    # one composition, every other value gets one; the 756 combinations are checked without composing.
+    # lr_fairness sweeps loss (3), activation (4), delta (3), train.lr (7), seed (10): the first values share
+    # one composition, every other value gets one; the 2,520 combinations are checked without composing.
     assert check(f"+experiment={preset}") == (jobs, compositions)
 
 
@@ -77,8 +77,8 @@ def test_presets_pass_with_one_composition_per_swept_value(preset, jobs, composi
             "Invalid configuration: activation=softmax needs ≥ 2 outputs, but dataset=neuron has 1; "
             "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity.",
         ),
-        (["loss=bce,foo"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, mse."),
-        (["loss=foo,bce"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, mse."),
+        (["loss=bce,foo"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, matching, mse."),
+        (["loss=foo,bce"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, matching, mse."),
         (
             ["+experiment=nope,xor_grid"],
             "Invalid configuration: experiment='nope' is not a known option; "
@@ -141,7 +141,8 @@ def test_a_name_two_swept_keys_change_is_composed_per_pair_of_their_values():
 
 
 def test_sweep_functions_expand_as_the_sweeper_expands_them():
-    assert check("loss=glob(*)", "seed=range(2)") == (3 * 2, 1 + 2 + 1)  # glob lists the group's options
+    # glob lists the group's 4 options: the base composition, 3 other losses, 1 other seed
+    assert check("loss=glob(*)", "seed=range(2)") == (4 * 2, 1 + 3 + 1)
     assert error("activation=choice(sigmoid,softmax)", "dataset=xor1") == (
         "Invalid configuration: activation=softmax needs ≥ 2 outputs, but dataset=xor1 has 1; "
         "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
@@ -171,7 +172,7 @@ def runs_in(uri: str) -> int:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["loss=bce,foo"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, mse."),
+        (["loss=bce,foo"], "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, matching, mse."),
         (
             ["dataset=xor,xor1", "activation=sigmoid,softmax"],
             f"Invalid sweep: 1 of 4 jobs cannot run. dataset=xor1 activation=softmax: {SOFTMAX_XOR1}",
@@ -179,7 +180,7 @@ def runs_in(uri: str) -> int:
         (["train.lr=1,abc"], "Invalid configuration: train.lr=abc: train.lr takes a number."),
         (  # Hydra's own sweeper: the callback's check runs before any sweeper
             ["hydra/sweeper=basic", "loss=bce,foo"],
-            "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, mse.",
+            "Invalid configuration: loss='foo' is not a known option; allowed: bce, cce, matching, mse.",
         ),
     ],
 )

@@ -7,6 +7,7 @@ Every run it starts ends FINISHED, FAILED (with ``traceback.txt``) or KILLED (Ct
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import traceback
 from functools import cache
@@ -20,15 +21,39 @@ from harness.config import ConfigError, validate
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES, pairing
 from harness.core.losses import LOSSES
-from harness.names import EPOCHS_RUN_TAG, HASH_TAG, OUTCOME_TAG, PAIRING_TAG, TAGS_TAG, UNDEFINED_EPOCHS_TAG
-from harness.nn.data import Dataset, load
+from harness.names import (
+    BEST_TEST_ACCURACY,
+    EPOCHS_RUN_TAG,
+    EPOCHS_TO_THRESHOLD,
+    HASH_TAG,
+    OUTCOME_TAG,
+    PAIRING_TAG,
+    TAGS_TAG,
+    TEST_ACCURACY,
+    UNDEFINED_EPOCHS_TAG,
+)
+from harness.nn.data import ACCURACY_THRESHOLDS, Dataset, load
 from harness.nn.model import MLP
 from harness.nn.train import TrainResult, as_dtype, train
 
 
-def run_name(cfg: Any) -> str:
-    """Readable run name, e.g. ``bce-sigmoid-ng``."""
-    return f"{cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name}"
+def run_name(cfg: Any, with_lr: bool = False) -> str:
+    """Readable run name that tells a sweep's runs apart, e.g. ``bce-sigmoid-ng-s3``, or with the learning rate
+    when a sweep varies it (``with_lr``), ``bce-sigmoid-ng-s3-lr0.316``."""
+    name = f"{cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name}-s{cfg.seed}"
+    return f"{name}-lr{cfg.train.lr:g}" if with_lr else name
+
+
+def summary_metrics(result: TrainResult, threshold: float | None) -> dict[str, float]:
+    """The run's summary, for sorting and filtering in the MLflow UI: the best test accuracy over its evaluated
+    epochs and, when a threshold is given and was reached, the first evaluated epoch at or above it."""
+    accuracies = [m[TEST_ACCURACY] for m in result.history if math.isfinite(m[TEST_ACCURACY])]
+    summary = {BEST_TEST_ACCURACY: max(accuracies)} if accuracies else {}
+    if threshold is not None:
+        reached = [e for e, m in zip(result.epochs, result.history) if m[TEST_ACCURACY] >= threshold]
+        if reached:
+            summary[EPOCHS_TO_THRESHOLD] = float(reached[0])
+    return summary
 
 
 def build_model(cfg: Any, data: Dataset) -> MLP:
@@ -78,9 +103,10 @@ def run_job(
     parent_run_id: str | None = None,
     cwd: str | None = None,
     tags: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Validate ``cfg``, train, and log one MLflow run (with extra ``tags``, e.g. the sweep's job number);
-    returns the final metrics, outcome and run id."""
+    """Validate ``cfg``, train, and log one MLflow run named ``name`` (default :func:`run_name`), with extra
+    ``tags`` (e.g. the sweep's job number); returns the final metrics, outcome and run id."""
     from harness.tracking import Run, config_hash, resolve_uri
 
     validate(cfg)
@@ -95,7 +121,8 @@ def run_job(
     if cfg.get("tags"):
         tags[TAGS_TAG] = ",".join(cfg.tags)
     uri = resolve_uri(cfg.tracking.uri, cwd)
-    run = Run.start(uri, cfg.tracking.experiment, run_name(cfg), tags, parent_run_id, fast_path=cfg.tracking.fast_path)
+    name = name or run_name(cfg)
+    run = Run.start(uri, cfg.tracking.experiment, name, tags, parent_run_id, fast_path=cfg.tracking.fast_path)
     freeze_startup_objects()
     status, outcome = "FAILED", {OUTCOME_TAG: "failed"}
     try:
@@ -108,6 +135,7 @@ def run_job(
             reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
             on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
         )  # fmt: skip
+        run.log_metrics(summary_metrics(result, ACCURACY_THRESHOLDS.get(data.name)), step=result.epochs[-1])
         status, outcome = "FINISHED", outcome_tags(result)
         return {**result.final, "outcome": result.outcome, "run_id": run.run_id}
     except KeyboardInterrupt:

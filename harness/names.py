@@ -16,6 +16,18 @@ GRAD_COSINE = "grad_cosine"  # cos ∠(rule's parameter update, true ∂C/∂θ)
 DELTA_COSINE = "delta_cosine"  # cos ∠(rule's output δᴸ, true ∂L/∂zᴸ), on the whole training set
 METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, GRAD_COSINE, DELTA_COSINE)
 
+# Per run, logged once at its last epoch so the MLflow UI can sort and filter runs by them (computed in-process
+# from every evaluated epoch; epochs_to_threshold is not logged for a run that never reached the threshold).
+BEST_TEST_ACCURACY = "best_test_accuracy"
+EPOCHS_TO_THRESHOLD = "epochs_to_threshold"
+SUMMARY_METRICS = (BEST_TEST_ACCURACY, EPOCHS_TO_THRESHOLD)
+
+# Params every run logs besides the flattened config: the names of its config groups' options.
+LOSS_PARAM = "loss"
+ACTIVATION_PARAM = "activation"
+DELTA_PARAM = "delta"
+DATASET_PARAM = "dataset"
+
 # Run tags.
 PAIRING_TAG = "pairing"  # exact | mismatched: is the rule the true ∂L/∂z for (loss, activation)?
 OUTCOME_TAG = "outcome"  # completed | diverged | undefined | failed | killed

@@ -35,7 +35,7 @@ def job(cfg: DictConfig) -> float:
 
     With ``tracking.resume=true`` a job whose identical config already has a FINISHED run is skipped.
     """
-    from harness.app import report_config_error, run_job
+    from harness.app import report_config_error, run_job, run_name
     from harness.tracking import config_hash, find_finished, find_sweep_parent, resolve_uri
 
     hc = HydraConfig.get()
@@ -57,19 +57,25 @@ def job(cfg: DictConfig) -> float:
     try:
         with blas_limit(hc):
             tags[BLAS_TAG] = str(blas_pool_size())
-            result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
+            name = run_name(cfg, with_lr=hc.mode == RunMode.MULTIRUN and varies_lr(hc.overrides.task))
+            result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags, name=name)
     except ConfigError as err:
         if hc.mode == RunMode.MULTIRUN:  # an ordinary exception: every launcher records a failed job
             raise ConfigError(f"job #{hc.job.num} ({' '.join(hc.overrides.task)}): {err}") from None
         report_config_error(err)
-    print(summary_line(cfg, result, uri))
+    print(summary_line(cfg, result, uri, name))
     return float(result["test_accuracy"])
 
 
-def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str) -> str:
+def varies_lr(overrides: list[str]) -> bool:
+    """Whether a sweep job's overrides set ``train.lr`` (then its run name carries the rate)."""
+    return any(o.split("=", 1)[0].lstrip("+~") == "train.lr" for o in overrides)
+
+
+def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str, name: str) -> str:
     """One line per job: what ran, how it ended, its final numbers and where its run is."""
     return (
-        f"harness: {cfg.loss.name}-{cfg.activation.name}-{cfg.delta.name} on {cfg.dataset.name} (seed {cfg.seed}): "
+        f"harness: {name} on {cfg.dataset.name}: "
         f"{result['outcome']}, train_loss {result['train_loss']:.4g}, test_accuracy {result['test_accuracy']:.3f}; "
         f"run {result['run_id']} in {uri}"
     )
@@ -148,7 +154,7 @@ class SweepCallback(Callback):
         from harness.tracking import Run, ensure_experiment, resolve_uri
 
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
-        ensure_experiment(uri, config.tracking.experiment)
+        experiment_id = ensure_experiment(uri, config.tracking.experiment)
         directory = sweep_dir(config.hydra.runtime.cwd, config.hydra.sweep.dir)
         choices = config.hydra.runtime.choices
         name = choices.get("experiment") or "sweep"
@@ -156,7 +162,7 @@ class SweepCallback(Callback):
         if config.get("tags"):
             tags[TAGS_TAG] = ",".join(config.tags)
         run = Run.start(uri, config.tracking.experiment, name, tags)
-        _parent.update(run=run, sweep_dir=directory)
+        _parent.update(run=run, sweep_dir=directory, dashboard=(experiment_id, name))
         if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
             out = str(Path(config.hydra.runtime.cwd, config.report.out))
             _parent["report"] = (config.tracking.experiment, uri, out)
@@ -172,19 +178,36 @@ def end_parent(status: str) -> None:
     First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
     says which jobs did not finish and where their runs are. Then, if the sweep asked for it
     (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
-    fails is printed, never raised, and the parent run is ended anyway.
+    fails is printed, never raised, and the parent run is ended anyway. Last, it saves the sweep's view in
+    the MLflow UI and prints the link to it on a line that starts with ``dashboard:``.
     """
     run = _parent.pop("run", None)
     _parent.pop("sweep_dir", None)
     report = _parent.pop("report", None)
+    dashboard = _parent.pop("dashboard", None)
     if run is None:
         return
     try:
         report_children(run.uri, run.run_id)
         if report is not None and status != "KILLED":
             _write_report(*report, parent_run_id=run.run_id)
+        if dashboard is not None:
+            _print_dashboard(run.uri, *dashboard, parent_run_id=run.run_id)
     finally:
         run.end(status)
+
+
+def _print_dashboard(uri: str, experiment_id: str, name: str, parent_run_id: str) -> None:
+    """Save the sweep's views (:mod:`harness.tracking.dashboard`) and print the link; never raises."""
+    try:
+        from harness.tracking.dashboard import create_dashboard
+
+        url = create_dashboard(uri, experiment_id, parent_run_id, name=name)
+    except Exception as err:  # noqa: BLE001  (a view must not stop the parent run from ending)
+        print(f"harness: warning: no dashboard for the sweep: {err}", file=sys.stderr)
+        return
+    hint = "" if uri.startswith(("http://", "https://")) else f"  (open it after: mlflow ui --backend-store-uri {uri})"
+    print(f"dashboard: {url}{hint}")
 
 
 def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> None:

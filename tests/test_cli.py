@@ -130,31 +130,43 @@ def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
 @pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     epochs = 30
-    p = harness("-m", "loss=bce,mse", f"train.epochs={epochs}", cwd=tmp_path)
+    p = harness("-m", "loss=bce,mse", "train.lr=2,8", f"train.epochs={epochs}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("harness")
     runs = c.search_runs([exp.experiment_id])
-    assert len(runs) == 3
+    assert len(runs) == 5
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 4
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert {r.info.status for r in runs} == {"FINISHED"}
-    by_name = {r.info.run_name: r for r in children}
-    assert set(by_name) == {"bce-sigmoid-ng", "mse-sigmoid-ng"}
-    assert by_name["bce-sigmoid-ng"].data.tags["pairing"] == "exact"
-    assert by_name["mse-sigmoid-ng"].data.tags["pairing"] == "mismatched"
+    by_name = {r.info.run_name: r for r in children}  # seed and swept rate in the name: runs told apart
+    assert set(by_name) == {f"{lo}-sigmoid-ng-s0-lr{lr}" for lo in ("bce", "mse") for lr in (2, 8)}
+    assert by_name["bce-sigmoid-ng-s0-lr2"].data.tags["pairing"] == "exact"
+    assert by_name["mse-sigmoid-ng-s0-lr2"].data.tags["pairing"] == "mismatched"
     for name, run in by_name.items():
         params = run.data.params
         assert params["loss"] == name.split("-")[0] and params["activation"] == "sigmoid"
         assert params["delta"] == "ng" and params["dataset"] == "xor" and params["train.epochs"] == str(epochs)
+        assert params["train.lr"] == name.rsplit("lr", 1)[1] + ".0"
         assert run.data.tags["outcome"] == "completed"
         for metric in METRICS:
             history = c.get_metric_history(run.info.run_id, metric)
             assert sorted(m.step for m in history) == list(range(epochs + 1))
+        # the summary metrics, from the logged history: the best accuracy, the first epoch at 100 % (XOR)
+        accuracy = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "test_accuracy")}
+        assert run.data.metrics["best_test_accuracy"] == max(accuracy.values())
+        reached = [s for s in sorted(accuracy) if accuracy[s] >= 1.0]
+        assert run.data.metrics.get("epochs_to_threshold") == (reached[0] if reached else None)
         assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]
         assert run.inputs.dataset_inputs[0].dataset.name == "xor"
+    # the last line: the sweep's dashboard, a view saved on the experiment under the parent's key
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"dashboard: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?")
+    key = f"sweep-{parents[0].info.run_id}"
+    assert f"viewStateShareKey={key}&" in last
+    assert f"mlflow.sharedViewState.{key}" in c.get_experiment(exp.experiment_id).tags
 
 
 @pytest.mark.slow
@@ -164,7 +176,7 @@ def test_single_run_from_another_directory_and_determinism(tmp_path):
     for _ in range(2):
         p = harness("train.epochs=20", "seed=5", cwd=sub)
         assert p.returncode == 0, p.stderr
-        assert "harness: bce-sigmoid-ng on xor (seed 5): completed, train_loss " in p.stdout
+        assert "harness: bce-sigmoid-ng-s5 on xor: completed, train_loss " in p.stdout
     c = MlflowClient(f"sqlite:///{sub / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
     assert len(runs) == 2 and all("mlflow.parentRunId" not in r.data.tags for r in runs)

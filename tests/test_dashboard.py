@@ -195,6 +195,7 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     p = subprocess.run(harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "train.epochs=20"), cwd=tmp_path,
                        capture_output=True, text=True, env=harness_env(), timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
+    (printed,) = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("dashboard: ")]  # the sweep's link
     (tmp_path / "mlflow.db").rename(tmp_path / "server.db")  # MlflowServer serves root/server.db
     store = f"sqlite:///{tmp_path / 'server.db'}"
     c = MlflowClient(store)
@@ -203,11 +204,10 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     (parent,) = [r for r in runs if r.info.run_name == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4
-    for run in children:  # stand-ins until the training side logs its summary metrics (FACTS: issue 13)
-        if d.EPOCHS_TO_THRESHOLD not in run.data.metrics:
-            c.log_metric(run.info.run_id, d.EPOCHS_TO_THRESHOLD, 7, step=0)
-    url = d.create_dashboard(store, exp, parent.info.run_id)
+    assert all(d.BEST_TEST_ACCURACY in run.data.metrics for run in children)  # the summary metrics, logged
     key = d.sweep_view_key(parent.info.run_id)
+    url = d.dashboard_url(store, exp, key)
+    assert printed == url  # the link the sweep printed opens the view the sweep saved
 
     server = MlflowServer(tmp_path, command="ui").start()
     out = artifacts_dir()

@@ -132,7 +132,8 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     assert parent.info.status == "FAILED"
     exp = failed.info.experiment_id
     line = (
-        f"#{failed.data.tags['harness.job']} bce-sigmoid-ng FAILED (seed=1 train.epochs=30): run {failed.info.run_id}"
+        f"#{failed.data.tags['harness.job']} bce-sigmoid-ng-s1 FAILED (seed=1 train.epochs=30): "
+        f"run {failed.info.run_id}"
     )
     assert f"{line} http://127.0.0.1:5000/#/experiments/{exp}/runs/{failed.info.run_id}" in p.stderr
     assert "harness: 1 of 4 jobs did not finish:" in p.stderr

@@ -63,16 +63,16 @@ def test_mlflow_ui_lists_the_sweep_nested_with_names_and_pairing(tmp_path, ui):
         parent_row = page.get_by_role("row").filter(has_text="sweep")
         expect(parent_row).to_have_count(1)
         # Nested: the children are hidden under the collapsed parent until it is expanded.
-        expect(page.get_by_text("bce-sigmoid-ng", exact=True)).to_have_count(0)
+        expect(page.get_by_text("bce-sigmoid-ng-s0", exact=True)).to_have_count(0)
         parent_row.locator(EXPANDER).click()
-        for name in ("bce-sigmoid-ng", "mse-sigmoid-ng"):
+        for name in ("bce-sigmoid-ng-s0", "mse-sigmoid-ng-s0"):
             expect(page.get_by_role("row").filter(has_text=name)).to_have_count(1)
         page.screenshot(path=out / "runs-table.png")
 
         # A child's page: its pairing tag and its parent run.
-        child = runs["mse-sigmoid-ng"]
+        child = runs["mse-sigmoid-ng-s0"]
         page.goto(f"{ui.uri}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}")
-        expect(page.get_by_text("mse-sigmoid-ng").first).to_be_visible()
+        expect(page.get_by_text("mse-sigmoid-ng-s0").first).to_be_visible()
         expect(page.get_by_text("pairing").first).to_be_visible()
         expect(page.get_by_text("mismatched").first).to_be_visible()
         expect(page.get_by_text("Parent run").first).to_be_visible()

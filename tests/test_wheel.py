@@ -75,9 +75,9 @@ def test_the_wheel_ships_the_configs_and_runs_from_an_empty_directory(venv, tmp_
     assert shipped == in_repo
 
     p = run(venv, tmp_path, "-m", "harness", "train.epochs=20")
-    assert "harness: bce-sigmoid-ng on xor (seed 0): completed" in p.stdout
+    assert "harness: bce-sigmoid-ng-s0 on xor: completed" in p.stdout
     p = run(venv, tmp_path, "harness", "train.epochs=5", "seed=1")
-    assert "harness: bce-sigmoid-ng on xor (seed 1): completed" in p.stdout
+    assert "harness: bce-sigmoid-ng-s1 on xor: completed" in p.stdout
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(c.search_runs([c.get_experiment_by_name("harness").experiment_id])) == 2
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from harness import names
 from harness.names import EPOCHS_RUN_TAG, METRICS, OUTCOME_TAG, PAIRING_TAG, TEST_ACCURACY, TRAIN_LOSS
+from harness.nn.data import ACCURACY_THRESHOLDS
 from harness.tracking import all_runs, client, histories, resolve_uri, select_sweep
 
 # Newer runs also log the output-δ cosine and tag how many evaluated epochs had an undefined loss; older runs
@@ -30,9 +31,7 @@ UNDEFINED_EPOCHS_TAG = getattr(names, "UNDEFINED_EPOCHS_TAG", "undefined_epochs"
 REPORT_METRICS = (*METRICS, *((DELTA_COSINE,) if DELTA_COSINE not in METRICS else ()))
 
 KEYS = ["loss", "activation", "delta"]
-# Accuracy that counts as "trained": XOR is solved when all four points are right; MNIST at 85 % test
-# accuracy (a 784-30-10 net passes it in 1–2 epochs with an exact rule).
-THRESHOLDS = {"xor": 1.0, "xor1": 1.0, "mnist": 0.85}
+THRESHOLDS = ACCURACY_THRESHOLDS  # the per-dataset test accuracy that counts as "trained" (harness.nn.data)
 
 
 class AnalysisError(LookupError):

@@ -67,15 +67,19 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from harness.names import GRAD_COSINE, OUTCOME_TAG, PAIRING_TAG, PARENT_TAG, TEST_ACCURACY, TRAIN_LOSS
-
-# Move to harness.names at merge: the run summary metrics the training side logs, and the config params the
-# runner logs for every run (their values are the config groups' names, e.g. loss=bce).
-EPOCHS_TO_THRESHOLD = "epochs_to_threshold"
-BEST_TEST_ACCURACY = "best_test_accuracy"
-LOSS_PARAM = "loss"
-ACTIVATION_PARAM = "activation"
-DELTA_PARAM = "delta"
+from harness.names import (
+    ACTIVATION_PARAM,
+    BEST_TEST_ACCURACY,
+    DELTA_PARAM,
+    EPOCHS_TO_THRESHOLD,
+    GRAD_COSINE,
+    LOSS_PARAM,
+    OUTCOME_TAG,
+    PAIRING_TAG,
+    PARENT_TAG,
+    TEST_ACCURACY,
+    TRAIN_LOSS,
+)
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_KEY_PARAM = "viewStateShareKey"

@@ -186,13 +186,13 @@ def test_save_view_writes_the_experiment_tags(store):
 
 @pytest.mark.slow
 def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
-    """A 4-job sweep, its views saved, ``mlflow ui`` over the store: the link shows the four groups
-    (pairing × delta) and the chart cards drawn; the table view, the columns; an unknown key, the UI's error."""
+    """An 8-job sweep, its views saved, ``mlflow ui`` over the store: the link shows the four groups
+    (pairing × delta, 2 seeds each) and the chart cards drawn; the table view, the columns; an unknown key, the UI's error."""
     assert CHROMIUM.exists(), "the UI test needs Debian's chromium: apt-get install -y chromium (.ci/run does)"
     from mlflow import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    p = subprocess.run(harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "train.epochs=20"), cwd=tmp_path,
+    p = subprocess.run(harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "seed=0,1", "train.epochs=300"), cwd=tmp_path,
                        capture_output=True, text=True, env=harness_env(), timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
     (printed,) = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("dashboard: ")]  # the sweep's link
@@ -203,7 +203,7 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     runs = c.search_runs([exp])
     (parent,) = [r for r in runs if r.info.run_name == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4
+    assert len(children) == 8
     assert all(d.BEST_TEST_ACCURACY in run.data.metrics for run in children)  # the summary metrics, logged
     key = d.sweep_view_key(parent.info.run_id)
     url = d.dashboard_url(store, exp, key)
@@ -229,7 +229,7 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
             for run in children:
                 expect(page.get_by_role("link", name=run.info.run_name, exact=True)).to_have_count(1)
             expect(page.get_by_role("link", name="sweep", exact=True)).to_have_count(0)
-            # The charts: the view's section first, its cards drawn (plotly's svg, with data traces).
+            # The charts: the view's section (4 cards) first, its cards drawn (plotly's svg, with data traces).
             expect(page.get_by_text(re.compile(r"^Sweep\s*\(4\)$"))).to_have_count(1)
             cards = page.get_by_test_id("experiment-view-compare-runs-card")
             for title in (TRAIN_LOSS, TEST_ACCURACY, GRAD_COSINE):

@@ -209,14 +209,17 @@ def q1(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
     if study.dataset == "neuron":
         paras = [f"**Answer.** {_slowdown_text(study)}", ROOT]
         return Answer("\n\n".join(paras), [slowdown_table(study)])
-    main = next((comps.get("q1", lo, act, "final_accuracy") for lo, act in Q1_PAIRS
-                 if comps.get("q1", lo, act, "final_accuracy") is not None), None)  # fmt: skip
+    pair = next(((lo, act) for lo, act in Q1_PAIRS if comps.get("q1", lo, act, "final_accuracy") is not None), None)
+    main = comps.get("q1", *pair, "final_accuracy") if pair else None
     if main is None:
         lead = "This experiment has no (loss, activation) pair run with both `ng` and `nielsen`: see `xor_grid`."
     else:
-        lead = (
-            f"On {main.label}, final test accuracy, Nielsen's rule minus Ng's: {main.sentence()} "
-            f"(comparisons: {comps.design()}; verdicts use Benjamini–Hochberg q-values over all "
+        lead = f"On {main.label}, final test accuracy, Nielsen's rule minus Ng's: {main.sentence()}"
+        speed = comps.get("q1", *pair, "epochs_to_threshold")
+        if speed is not None:  # how fast they get there is where the rules differ most (XOR, MNIST)
+            lead += f" Epochs to threshold, Nielsen's minus Ng's: {speed.sentence()}"
+        lead += (
+            f" (comparisons: {comps.design()}; verdicts use Benjamini–Hochberg q-values over all "
             f"{len(comps.items)} comparisons of this report)."
         )
     paras = [f"**Answer.** {lead}", ROOT]

@@ -81,6 +81,9 @@ class Setup:
         self.seeds = list(range(case.replicas))
         self.hidden, self.output = HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS[case.output]
         self.init = ReplicaMLP.initialise(self.sizes, self.hidden, self.output, self.seeds, dtype=self.dtype)
+        # The training inputs with their ones column (the bias input), made once per process as a run makes it
+        # once per training; every fresh stack below shares it.
+        self.init.augment(self.data.x_train)
         # Mixed rates (as a learning-rate sweep would fold them): every replica its own, around the case's.
         self.lrs = case.lr * np.geomspace(0.5, 1.5, case.replicas)
         n = len(self.data.x_train)
@@ -120,7 +123,7 @@ def replicas_loop(s: Setup):
         with np.errstate(all="ignore"):
             for _ in range(c.epochs):
                 sgd_epoch_replicas(model, s.data, s.loss, s.rule, s.lrs, c.batch_size, rngs)
-        return s.final_loss(model.predict(s.data.x_train)[0])
+        return s.final_loss(model.replica(0).predict(s.data.x_train))  # one network's forward, as the others
 
     return go
 

@@ -18,7 +18,10 @@ final training losses of the first network are checked to agree before anything 
   ``functional_call`` with the parameters stacked by ``torch.func.stack_module_state``, then an in-place SGD
   update of the stacks with each replica's rate (PyTorch's own batched counterpart: the fair contender);
 - ``gemm-floor``: one network's matrix products of the same steps only (forward, weight gradients,
-  back-propagated error) into preallocated buffers.
+  back-propagated error) into preallocated buffers;
+- ``stack-gemm`` and ``gather``, the profile of ``replicas``: the stack's own products alone (as ``replicas``
+  calls them, on data in place) and the gathering of every replica's minibatches alone; what ``replicas``
+  spends beyond their sum is elementwise work (activations, the rule's δ, f′) and Python.
 
 Targets (issue 12): XOR with R = 30 ≥ 100× PyTorch per network step; MNIST minibatch 10 with R = 10, float64:
 ≥ 8× PyTorch, at least as fast as vmap, and within 1.3× of one network's GEMM-only floor.
@@ -294,6 +297,54 @@ def gemm_floor(s: Setup):
     return go
 
 
+def stack_gemm(s: Setup):
+    """The stack's own products only (what ``replicas`` runs in BLAS), on data already in place: the batched
+    forward products, the small layers' gradient products and the in-BLAS updates of the large ones."""
+    model = s.fresh_replicas()
+    x = model.augment(s.data.x_train)
+    r = s.case.replicas
+    m = min(s.case.batch_size, len(x))
+    xb = np.ascontiguousarray(np.broadcast_to(x[:m], (r, *x[:m].shape)))
+    ws = model._workspace(m, s.dtype)
+    for d in ws.deltas:
+        d.fill(1e-9)  # a tiny error: the weights barely move, the products cost the same
+    plan = s.steps_per_epoch() * s.case.epochs
+    params, last = model.params, len(model.params) - 1
+
+    def go() -> None:
+        for _ in range(plan):
+            a = xb
+            for i, p in enumerate(params):
+                np.matmul(a, p, out=ws.zs[i])
+                a = ws.acts_aug[i]
+            for i in range(last, -1, -1):
+                if i > 0:
+                    np.matmul(ws.deltas[i], model._wt[i], out=ws.deltas[i - 1])
+                below = ws.acts_aug[i - 1] if i > 0 else xb
+                if model._fused[i]:
+                    model._update_in_blas(params[i], below, ws.deltas[i], None)
+                else:
+                    np.matmul(np.swapaxes(below, 1, 2), ws.deltas[i], out=ws.grads[i])
+
+    return go
+
+
+def gather_only(s: Setup):
+    """Only the gathering of every replica's minibatches (as ``sgd_epoch_replicas`` does it)."""
+    x, y = s.fresh_replicas().augment(s.data.x_train), s.data.y_train
+    r, bs = s.case.replicas, s.case.batch_size
+    x_batch, y_batch = np.empty((r, bs, x.shape[1]), s.dtype), np.empty((r, bs, y.shape[1]), s.dtype)
+
+    def go() -> None:
+        for perm in s.perms:
+            for start in range(0, perm.shape[1], bs):
+                idx = perm[:, start : start + bs]
+                np.take(x, idx, axis=0, out=x_batch, mode="clip")
+                np.take(y, idx, axis=0, out=y_batch, mode="clip")
+
+    return go
+
+
 # ----------------------------------------------------------------------------------------------- the run
 
 # contender: (factory, networks it trains)
@@ -304,6 +355,8 @@ CONTENDERS = {
     "pytorch": (torch_loop, "1"),
     "vmap": (vmap_loop, "R"),
     "gemm-floor": (gemm_floor, "1"),
+    "stack-gemm": (stack_gemm, "R"),  # the profile of ``replicas``: its products alone,
+    "gather": (gather_only, "R"),  # its minibatch gathers alone (the rest is elementwise work and Python)
 }
 
 
@@ -351,7 +404,9 @@ def ratio_lines(results: dict[Case, dict[str, float]], clock: str) -> None:
             f"{case.label}: replicas {rep * 1e6:.2f} µs per network step = {torch_x:.1f}× faster than PyTorch "
             f"({t['pytorch'] * 1e6:.1f} µs), {vmap_x:.2f}× vmap ({t['vmap'] * 1e6:.2f} µs), {harness_x:.1f}× one "
             f"harness net ({t['harness'] * 1e6:.2f} µs), {floor_x:.2f}× one net's GEMM floor "
-            f"({t['gemm-floor'] * 1e6:.2f} µs); with per-epoch metrics {t['replicas+metrics'] * 1e6:.2f} µs."
+            f"({t['gemm-floor'] * 1e6:.2f} µs); with per-epoch metrics {t['replicas+metrics'] * 1e6:.2f} µs. "
+            f"Profile: products {t['stack-gemm'] / rep:.0%}, gathers {t['gather'] / rep:.0%}, the rest "
+            f"{1 - (t['stack-gemm'] + t['gather']) / rep:.0%}."
         )
         if case.dataset == "xor":
             line += f"  target ≥ 100× PyTorch: {verdict(torch_x, 100)}"

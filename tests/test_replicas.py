@@ -139,3 +139,9 @@ def test_sgd_step_mask_leaves_inactive_replicas_alone(sizes):
         np.testing.assert_array_equal(p[[0, 2]], q[[0, 2]])
         np.testing.assert_array_equal(p[1], b[1])
         assert not np.array_equal(q[1], b[1])
+
+
+def test_mnist_full_batch_replicas_are_single_runs():
+    # A full batch is not shuffled, and every replica shares x: the first layer's in-BLAS update reads it.
+    data = _mnist_subset(300, 60)
+    _compare(data, "bce", "sigmoid", "chain", [20], [5, 6], [3.0, 1.0], epochs=4, batch_size=300)

@@ -20,7 +20,7 @@ from harness.config import ConfigError, validate
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES, pairing
 from harness.core.losses import LOSSES
-from harness.names import EPOCHS_RUN_TAG, HASH_TAG, OUTCOME_TAG, PAIRING_TAG, TAGS_TAG
+from harness.names import EPOCHS_RUN_TAG, HASH_TAG, OUTCOME_TAG, PAIRING_TAG, TAGS_TAG, UNDEFINED_EPOCHS_TAG
 from harness.nn.data import Dataset, load
 from harness.nn.model import MLP
 from harness.nn.train import TrainResult, as_dtype, train
@@ -86,7 +86,7 @@ def run_job(
     validate(cfg)
     data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
     model = build_model(cfg, data)
-    loss, rule = LOSSES[cfg.loss.name], DELTA_RULES[cfg.delta.name]
+    loss, rule = LOSSES[cfg.loss.name].for_activation(model.output), DELTA_RULES[cfg.delta.name]
     tags = {
         **(tags or {}),
         PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
@@ -133,8 +133,13 @@ def freeze_startup_objects() -> None:
 
 
 def outcome_tags(result: TrainResult) -> dict[str, str]:
-    """``outcome`` (completed / diverged / undefined) and the number of epochs actually trained."""
-    return {OUTCOME_TAG: result.outcome, EPOCHS_RUN_TAG: str(result.epochs_run)}
+    """``outcome`` (completed / diverged / undefined), the number of epochs actually trained and of evaluated
+    epochs whose loss was undefined."""
+    return {
+        OUTCOME_TAG: result.outcome,
+        EPOCHS_RUN_TAG: str(result.epochs_run),
+        UNDEFINED_EPOCHS_TAG: str(result.undefined_epochs),
+    }
 
 
 def _best_effort(fn, *args) -> None:

@@ -112,6 +112,49 @@ def _unknown_keys(cfg: Any, schema: type = HarnessConfig, prefix: str = "") -> l
     return problems
 
 
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "str | None": "a string or null",
+    "list[int]": "a list of integers, e.g. [30] (or [])",
+    "list[str]": "a list of strings, e.g. [a,b]",
+    "dict[str, float]": "a mapping of names to numbers, e.g. {mse:0.15,bce:0.005}",
+}
+
+
+def _section(key: str) -> tuple[type, str] | None:
+    """The schema section holding the dotted ``key`` and the key's last part (None if a parent is unknown)."""
+    *parents, last = key.split(".")
+    schema: type = HarnessConfig
+    for part in parents:
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        sub = fields[part].default_factory if part in fields else None
+        if not (isinstance(sub, type) and dataclasses.is_dataclass(sub)):
+            return None
+        schema = sub
+    return schema, last
+
+
+def allowed_keys(key: str) -> list[str]:
+    """The keys the schema allows next to the dotted ``key`` (its section's fields; [] if unknown)."""
+    found = _section(key)
+    return [f.name for f in dataclasses.fields(found[0])] if found else []
+
+
+def allowed_type(key: str) -> str | None:
+    """What the schema accepts for the dotted ``key``, in words (e.g. "a number"), or None if unknown."""
+    found = _section(key)
+    if found is None:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(found[0])}
+    if found[1] not in fields:
+        return None
+    kind = str(fields[found[1]].type)
+    return _TYPE_WORDS.get(kind, kind)
+
+
 def _problems(cfg: Any) -> list[str]:
     problems = _unknown_keys(cfg)
     problems += [
@@ -125,14 +168,9 @@ def _problems(cfg: Any) -> list[str]:
         _choice("train.dtype", cfg.train.dtype, DTYPES),
     ]
     t = cfg.train
-    lr = _resolved_lr(cfg)
-    if lr is None:
-        problems.append(
-            f"train.lr interpolates train.lr_by_loss, which has no rate for loss={cfg.loss.name} "
-            f"(it has: {', '.join(t.lr_by_loss) or 'none'}); add one, e.g. train.lr_by_loss.{cfg.loss.name}=0.1."
-        )
-    elif not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        problems.append(f"train.lr={lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5.")
+    inputs = cross_key_inputs(cfg)
+    if lr_by_loss_problem(inputs.lr, inputs.loss, inputs.lr_by_loss) is None:
+        problems.append(_lr_problem(cfg))
     if t.epochs < 1:
         problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
     if t.batch_size < 1:
@@ -148,23 +186,82 @@ def _problems(cfg: Any) -> list[str]:
         problems.append(f"seed={cfg.seed} must be an integer ≥ 0.")
     if not cfg.tracking.experiment:
         problems.append("tracking.experiment must be a non-empty experiment name.")
-    outputs = DATASET_OUTPUTS.get(cfg.dataset.name)
-    if cfg.activation.name == "softmax" and outputs is not None and outputs < 2:
-        problems.append(
-            f"activation=softmax needs ≥ 2 outputs, but dataset={cfg.dataset.name} has {outputs}; "
-            "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
-        )
+    problems += cross_key_problems(inputs)
     return [p for p in problems if p]
 
 
-def _resolved_lr(cfg: Any) -> Any:
-    """``train.lr``, or None when it interpolates ``train.lr_by_loss`` for a loss the table lacks."""
+def _lr_problem(cfg: Any) -> str | None:
+    """The step size must resolve to a finite number > 0."""
     from omegaconf.errors import InterpolationResolutionError
 
     try:
-        return cfg.train.lr
-    except InterpolationResolutionError:
+        lr = cfg.train.lr
+    except InterpolationResolutionError as err:
+        return f"train.lr={_raw(cfg.train, 'lr')} cannot be resolved: {str(err).splitlines()[0]}"
+    if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0:
         return None
+    return f"train.lr={lr} must be a finite number > 0 (the SGD step size η), e.g. train.lr=0.5."
+
+
+def _raw(node: Any, key: str) -> Any:
+    """``node[key]`` as written, without resolving an interpolation."""
+    return node._get_node(key)._value()
+
+
+# The cross-key rules: small functions over plain values (names), called by validate() on one composed config
+# and by the sweep check (harness.sweep_check) on every combination of swept values, without composing.
+
+
+@dataclass(frozen=True)
+class CrossKeyInputs:
+    """The values the cross-key rules read: names, and ``train.lr`` as written."""
+
+    dataset: str
+    activation: str
+    loss: str
+    lr: Any  # train.lr unresolved: a number, or an interpolation such as ${train.lr_by_loss.${loss.name}}
+    lr_by_loss: tuple[str, ...]  # the losses train.lr_by_loss has a rate for
+
+
+def cross_key_inputs(cfg: Any) -> CrossKeyInputs:
+    """The :class:`CrossKeyInputs` of a composed config."""
+    return CrossKeyInputs(
+        dataset=cfg.dataset.name,
+        activation=cfg.activation.name,
+        loss=cfg.loss.name,
+        lr=_raw(cfg.train, "lr"),
+        lr_by_loss=tuple(cfg.train.lr_by_loss),
+    )
+
+
+def softmax_outputs_problem(activation: str, dataset: str) -> str | None:
+    """A softmax output layer needs ≥ 2 outputs."""
+    outputs = DATASET_OUTPUTS.get(dataset)
+    if activation != "softmax" or outputs is None or outputs >= 2:
+        return None
+    return (
+        f"activation=softmax needs ≥ 2 outputs, but dataset={dataset} has {outputs}; "
+        "a 1-output softmax is the constant 1. Use sigmoid, tanh or identity."
+    )
+
+
+def lr_by_loss_problem(lr: Any, loss: str, lr_by_loss: tuple[str, ...]) -> str | None:
+    """A ``train.lr`` that interpolates ``train.lr_by_loss`` by loss name needs a rate for the loss."""
+    if not (isinstance(lr, str) and "lr_by_loss" in lr and "loss.name" in lr) or loss in lr_by_loss:
+        return None
+    return (
+        f"train.lr interpolates train.lr_by_loss, which has no rate for loss={loss} "
+        f"(it has: {', '.join(lr_by_loss) or 'none'}); add one, e.g. train.lr_by_loss.{loss}=0.1."
+    )
+
+
+def cross_key_problems(inputs: CrossKeyInputs) -> list[str]:
+    """Every cross-key rule broken by ``inputs`` (one sentence each)."""
+    found = [
+        softmax_outputs_problem(inputs.activation, inputs.dataset),
+        lr_by_loss_problem(inputs.lr, inputs.loss, inputs.lr_by_loss),
+    ]
+    return [p for p in found if p]
 
 
 def validate(cfg: Any) -> None:

@@ -1,4 +1,4 @@
-"""``python -m harness.gradcheck``: the 36-triple exact/mismatched table (see :mod:`harness.core.gradcheck`)."""
+"""``python -m harness.gradcheck``: the 48-triple exact/mismatched table (see :mod:`harness.core.gradcheck`)."""
 
 from harness.core.gradcheck import main
 

@@ -12,13 +12,15 @@ TRAIN_LOSS = "train_loss"
 TRAIN_ACCURACY = "train_accuracy"
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"
-GRAD_COSINE = "grad_cosine"
-METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, GRAD_COSINE)
+GRAD_COSINE = "grad_cosine"  # cos ∠(rule's parameter update, true ∂C/∂θ), on the whole training set
+DELTA_COSINE = "delta_cosine"  # cos ∠(rule's output δᴸ, true ∂L/∂zᴸ), on the whole training set
+METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, GRAD_COSINE, DELTA_COSINE)
 
 # Run tags.
 PAIRING_TAG = "pairing"  # exact | mismatched: is the rule the true ∂L/∂z for (loss, activation)?
 OUTCOME_TAG = "outcome"  # completed | diverged | undefined | failed | killed
 EPOCHS_RUN_TAG = "epochs_run"
+UNDEFINED_EPOCHS_TAG = "undefined_epochs"  # evaluated epochs whose loss was undefined (outputs off its domain)
 SWEEP_TAG = "harness.sweep_dir"  # on a sweep's parent run: the key its jobs find it by
 HASH_TAG = "harness.config_hash"  # what ``tracking.resume`` matches (see harness.tracking.queries.config_hash)
 JOB_TAG = "harness.job"

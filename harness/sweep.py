@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, validate
+from harness.config import ConfigError
 from harness.names import BLAS_TAG, JOB_TAG, OVERRIDES_TAG, SWEEP_TAG, TAGS_TAG
 
 _parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
@@ -59,6 +59,8 @@ def job(cfg: DictConfig) -> float:
             tags[BLAS_TAG] = str(blas_pool_size())
             result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags)
     except ConfigError as err:
+        if hc.mode == RunMode.MULTIRUN:  # an ordinary exception: every launcher records a failed job
+            raise ConfigError(f"job #{hc.job.num} ({' '.join(hc.overrides.task)}): {err}") from None
         report_config_error(err)
     print(summary_line(cfg, result, uri))
     return float(result["test_accuracy"])
@@ -107,44 +109,24 @@ def blas_limit(hc: DictConfig):
     return nullcontext() if threads is None else threadpool_limits(limits=threads, user_api="blas")
 
 
-def sweep_overrides(config: DictConfig) -> list[list[str]]:
-    """For each swept key, one override list per value (``key=value``), from the command line and
-    ``hydra.sweeper.params``; non-swept overrides are in every list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = config.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(params, resolve=False) if params else {}
-    strings = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(strings)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    swept = [o for o in parsed if o.is_sweep_override()]
-    if not swept:
-        return [fixed]
-    return [
-        fixed
-        + [f"{o.get_key_element()}={v}"]
-        + [f"{p.get_key_element()}={next(p.sweep_string_iterator())}" for p in swept if p is not o]
-        for o in swept
-        for v in o.sweep_string_iterator()
-    ]
-
-
-def validate_sweep(config: DictConfig) -> None:
-    """Compose and validate the config once per swept value, before any job or run exists."""
+def validate_sweep(config: DictConfig) -> int:
+    """Check every job of the sweep (``harness.sweep_check``) before any job or run exists; returns the
+    number of jobs. Raises :class:`ConfigError`."""
     from hydra import compose
 
+    from harness.sweep_check import check_sweep
+
     name = config.hydra.job.config_name
-    seen: set[tuple[str, ...]] = set()
-    for overrides in sweep_overrides(config):
-        key = tuple(sorted(overrides))
-        if key in seen:
-            continue
-        seen.add(key)
-        validate(compose(config_name=name, overrides=overrides))
+    return check_sweep(config, lambda overrides: compose(config_name=name, overrides=overrides))
 
 
 class SweepCallback(Callback):
-    """Creates the store, experiment and parent run of a sweep before any job starts."""
+    """Checks every job of a sweep, then creates the store, experiment and parent run, before any job starts.
+
+    A bad sweep stops here with ``SystemExit`` (status 2, one paragraph): Hydra turns any ``Exception`` a
+    callback raises into a warning and goes on, but lets ``SystemExit`` through. The callback runs before
+    the sweeper, whichever sweeper it is (``hydra/sweeper=harness`` or ``basic``), and before the parent run.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from harness.app import report_config_error
@@ -153,6 +135,9 @@ class SweepCallback(Callback):
             validate_sweep(config)
         except ConfigError as err:
             report_config_error(err)
+        except Exception as err:  # a bug in the check itself: stop rather than run an unchecked sweep
+            print(f"harness: error: could not check the sweep: {err}", file=sys.stderr)
+            raise SystemExit(1) from err
         try:
             self._start_parent(config)
         except Exception as err:  # Hydra would only warn and run every job without a parent

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import harness_env
 from matplotlib.collections import PathCollection
+from scipy import stats as scipy_stats
 
 from harness import names
 from harness.core.losses import LOSSES
@@ -77,7 +78,9 @@ def test_stopped_runs_are_kept_and_flagged(sweep):
     summary = loading.run_summary(study)
     undefined = summary[summary["triple"].str.startswith("bce-identity")]
     assert len(undefined) == 4 and set(undefined["outcome"]) == {"undefined"}  # a < 0 under BCE's log
-    assert undefined["final_accuracy"].isna().all() and np.isinf(undefined["epochs_to_threshold"]).all()
+    # they trained to the last epoch (the loss is undefined, the network is not): an accuracy, counted epochs
+    assert undefined["final_accuracy"].between(0, 1).all() and (undefined["last_epoch"] == 20).all()
+    assert (undefined["undefined_epochs"] >= 1).all() and np.isinf(undefined["epochs_to_threshold"]).all()
     assert set(undefined["run_id"]) <= set(study.frame["run_id"])  # still in the per-epoch frame
     done = summary[summary["outcome"] == "completed"]
     assert done["final_accuracy"].between(0, 1).all()
@@ -110,22 +113,108 @@ def test_select_sweep_takes_the_newest_parent_or_all_single_runs():
 # ------------------------------------------------------------------------------------------ statistics
 
 
-def test_bootstrap_ci_on_two_values_is_their_range():
-    # n = 2: resampled means are a (p = 1/4), (a + b)/2 (1/2), b (1/4): the 2.5 % and 97.5 % quantiles are a, b
-    assert stats.bootstrap_ci([2.0, 6.0]) == (4.0, 2.0, 6.0)
-    assert stats.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
-    est, lo, hi = stats.bootstrap_ci([1.0, math.inf])  # a never-reached threshold stays an open bound
-    assert (est, lo, hi) == (math.inf, 1.0, math.inf)
-    assert all(math.isnan(v) for v in stats.bootstrap_ci([math.nan]))
+def test_bootstrap_ci_is_scipys_bca_interval():
+    x = np.array([0.5, 0.75, 1.0, 1.0, 0.25, 0.75, 1.0])
+    ci = stats.bootstrap_ci(x)
+    ref = scipy_stats.bootstrap((x,), np.mean, method="BCa", n_resamples=stats.RESAMPLES, random_state=0)
+    assert (ci.estimate, ci.n) == (pytest.approx(x.mean()), 7)
+    assert (ci.low, ci.high) == (ref.confidence_interval.low, ref.confidence_interval.high)
+
+
+def test_bootstrap_ci_says_why_a_degenerate_sample_has_no_interval():
+    assert stats.format_ci(stats.bootstrap_ci([])) == "n/a"
+    assert stats.format_ci(stats.bootstrap_ci([math.nan])) == "n/a"
+    same = stats.bootstrap_ci([3.0, 3.0, 3.0])
+    assert (same.estimate, same.low, same.high) == (3.0, 3.0, 3.0) and same.note == "all 3 values equal"
+    two = stats.bootstrap_ci([2.0, 6.0])
+    assert (
+        two.estimate == 4.0 and math.isnan(two.low) and stats.format_ci(two) == "4 (n = 2: too few for a bootstrap CI)"
+    )
+    never = stats.bootstrap_ci([1.0, math.inf, 3.0])  # a threshold one run never reached: no finite mean
+    assert math.isinf(never.estimate) and math.isnan(never.low) and "1 of 3 never reached" in never.note
 
 
 def test_bootstrap_ci_covers_a_normal_mean():
     rng = np.random.default_rng(1)
     x = rng.normal(10.0, 1.0, 400)
-    est, lo, hi = stats.bootstrap_ci(x)
+    ci = stats.bootstrap_ci(x)
     se = x.std(ddof=1) / math.sqrt(len(x))
-    assert est == pytest.approx(x.mean()) and lo == pytest.approx(est - 1.96 * se, abs=0.3 * se)
-    assert hi == pytest.approx(est + 1.96 * se, abs=0.3 * se)
+    assert ci.low == pytest.approx(x.mean() - 1.96 * se, abs=0.3 * se)
+    assert ci.high == pytest.approx(x.mean() + 1.96 * se, abs=0.3 * se)
+
+
+def _seeds(values):
+    return pd.Series(values, index=range(len(values)), dtype=float)
+
+
+@pytest.mark.parametrize("n", [5, 6, 8])
+def test_paired_test_is_the_exact_signed_rank_test_in_the_small_n_regime(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(1.0, 1.0, n), rng.normal(0.0, 1.0, n)
+    c = stats.compare(_seeds(a), _seeds(b), "final_accuracy")
+    assert c.p == pytest.approx(scipy_stats.wilcoxon(a - b, method="exact").pvalue, rel=1e-12)
+    up = stats.compare(_seeds(np.arange(n) + 1.0), _seeds(np.zeros(n)), "final_accuracy")
+    assert up.p == pytest.approx(2 / 2**n)  # every pair one way: the smallest p an exact test can give
+    assert stats.min_p(n) == pytest.approx(2 / 2**n)
+
+
+def test_below_six_pairs_there_is_no_verdict_and_no_place_in_the_fdr_family():
+    c = stats.compare(_seeds([0.9, 1.0, 0.8, 0.95]), _seeds([0.5, 0.6, 0.4, 0.55]), "final_accuracy", ("x", "y"))
+    assert c.p == pytest.approx(0.125) and not c.testable
+    stats.adjust([c])
+    assert math.isnan(c.q)
+    assert c.verdict().startswith("n = 4 pairs: no test at this n can reach p < 0.05")
+    assert stats.min_p(5) > 0.05 > stats.min_p(6)
+
+
+def test_ties_count_as_pairs_and_equal_rules_are_equivalent_by_tost():
+    # 8 seeds, the rules tie on all: no difference, and equivalence within ±0.02 with p = 1/2⁸ per one-sided test
+    c = stats.compare(_seeds([1.0] * 8), _seeds([1.0] * 8), "final_accuracy", ("ng", "nielsen"))
+    assert c.p == 1.0 and c.p_equiv == pytest.approx(1 / 2**8)
+    stats.adjust([c])
+    assert c.q_equiv == pytest.approx(1 / 2**8)  # a family of one: q = p
+    assert c.verdict().startswith("**equivalent** within ±0.02")
+    # a consistent 0.1 difference is not equivalent within ±0.02, and is a difference
+    far = stats.compare(_seeds([1.0] * 8), _seeds([0.9] * 8), "final_accuracy", ("ng", "nielsen"))
+    stats.adjust([far])
+    assert far.p_equiv == 1.0 and far.q < 0.05 and "**`ng` is higher**" in far.verdict()
+
+
+def test_never_reached_is_ranked_last_and_the_mean_uses_pairs_where_both_reached():
+    inf = math.inf
+    a = _seeds([10, 20, inf, inf, 30, 40, 50])
+    b = _seeds([15, 25, 35, inf, 45, 55, math.nan])  # seed 6: b failed, the pair is dropped
+    c = stats.compare(a, b, "epochs_to_threshold", ("x", "y"))
+    assert (c.n, c.dropped, c.only_a_never, c.only_b_never, c.both_never) == (6, 1, 1, 0, 1)
+    d = np.array([-5, -5, inf, 0, -15, -15])
+    assert c.p == pytest.approx(
+        scipy_stats.wilcoxon(d, zero_method="pratt", method=scipy_stats.PermutationMethod()).pvalue
+    )
+    assert c.effect.n == 4 and c.effect.estimate == pytest.approx(-10.0)
+    assert c.margin == pytest.approx(0.1 * 35.0)  # 10 % of y's median over its finite values (15, 25, 35, 45, 55)
+    assert "never reached: `x` only on 1, `y` only on 0, both on 1 pairs" in c.sentence()
+
+
+def test_an_epoch_margin_is_never_finer_than_the_logging_interval():
+    a, b = _seeds([20.0, 30, 20, 30, 20, 30]), _seeds([30.0, 20, 30, 20, 30, 20])  # logged every 10 epochs
+    fine = stats.compare(a, b, "epochs_to_threshold")
+    assert fine.margin == pytest.approx(2.5)  # 10 % of the median 25: no pair can fall inside it
+    coarse = stats.compare(a, b, "epochs_to_threshold", resolution=10.0)
+    assert coarse.margin == 10.0 and "one logging interval" in coarse.margin_text
+
+
+def test_adjust_is_benjamini_hochberg_over_every_testable_p():
+    cs = [stats.compare(_seeds(np.arange(8) + k), _seeds(np.arange(8) * 1.1), "final_accuracy") for k in (0, 1, 3)]
+    stats.adjust(cs)
+    for p, q in [("p", "q"), ("p_equiv", "q_equiv")]:  # two families: difference tests, equivalence tests
+        ps = [getattr(c, p) for c in cs]
+        np.testing.assert_allclose([getattr(c, q) for c in cs], scipy_stats.false_discovery_control(ps, method="bh"))
+
+
+def test_split_seeds_tunes_on_the_first_40_percent():
+    assert stats.split_seeds(range(10)) == ([0, 1, 2, 3], [4, 5, 6, 7, 8, 9])
+    assert stats.split_seeds([2, 0, 1]) == ([0], [1, 2])
+    assert stats.split_seeds([5]) == ([5], [5])
 
 
 def _summary(rows):
@@ -133,14 +222,19 @@ def _summary(rows):
     return pd.DataFrame(rows, columns=cols)
 
 
-def test_rule_difference_pairs_by_seed_and_counts_dropped_pairs():
+def test_best_lr_is_chosen_on_tuning_seeds_and_graded_on_the_others():
     rows = []
-    for seed, (a, b) in enumerate([(0.9, 0.5), (1.0, 0.75), (0.8, math.nan)]):
-        rows.append(("mse", "sigmoid", "nielsen", seed, 1.0, "exact", "completed", a))
-        rows.append(("mse", "sigmoid", "ng", seed, 1.0, "mismatched", "completed", b))
-    d = stats.rule_difference(_summary(rows), "final_accuracy", "mse", "sigmoid", "nielsen", "ng")
-    assert d["pairs"] == 2 and d["dropped"] == 1
-    assert d["estimate"] == pytest.approx(0.325) and (d["ci_low"], d["ci_high"]) == pytest.approx((0.25, 0.4))
+    for seed in range(5):  # tuning: seeds 0, 1; evaluation: 2, 3, 4
+        tuned = seed < 2
+        rows += [
+            ("mse", "sigmoid", "ng", seed, 0.1, "mismatched", "completed", 0.9 if tuned else 0.5),
+            ("mse", "sigmoid", "ng", seed, 1.0, "mismatched", "completed", 0.7 if tuned else 1.0),
+        ]
+    best = stats.best_lr(_summary(rows)).set_index("delta")
+    assert best.loc["ng", "best_lr"] == 0.1  # what the tuning seeds say, not what the evaluation seeds would
+    assert best.loc["ng", "estimate"] == pytest.approx(0.5) and best.loc["ng", "runs"] == 3
+    with pytest.raises(ValueError, match="several rates: pass lr"):
+        stats.paired_values(_summary(rows), "final_accuracy", "mse", "sigmoid", "ng")
 
 
 def test_best_lr_picks_each_triples_best_rate_and_punishes_divergence():
@@ -268,23 +362,45 @@ def test_at_best_lr_keeps_only_each_triples_chosen_rate():
 
 
 def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_best_rates():
-    from harness.report.questions import _fairness
+    from harness.report import questions
 
-    def row(delta, pairing, lr, acc, ci, epochs, eci):
-        return {"loss": "mse", "activation": "sigmoid", "delta": delta, "pairing": pairing, "best_lr": lr,
-                "estimate": acc, "ci_low": ci[0], "ci_high": ci[1], "epochs": epochs, "epochs_low": eci[0],
-                "epochs_high": eci[1]}  # fmt: skip
+    def comps(ng_acc, chain_acc, seeds=10):
+        rows = []
+        for seed in range(seeds):
+            for lr in (0.1, 1.0):
+                good = lr == 1.0
+                rows.append(
+                    ("mse", "sigmoid", "ng", seed, lr, "mismatched", "completed", ng_acc(seed) if good else 0.5)
+                )
+                rows.append(
+                    ("mse", "sigmoid", "chain", seed, lr, "exact", "completed", chain_acc(seed) if good else 0.4)
+                )
+        summary = _summary(rows).assign(epochs_to_threshold=math.inf)
+        study = SimpleNamespace(dataset="xor", threshold=None)
+        return questions.comparisons(study, summary)
 
-    same = pd.DataFrame([row("nielsen", "exact", 10.0, 1.0, (1, 1), 50, (40, 60)),
-                         row("ng", "mismatched", 1.0, 1.0, (1, 1), 55, (45, 70))])  # fmt: skip
-    text = _fairness(same)
-    assert "Of 1 (pair, mismatched rule) cases" in text and "in 1, worse in 0 and better in 0" in text
-    assert "costs nothing measurable" in text
-    assert "η = 1: accuracy 1 [1, 1], epochs 55 [45, 70]" in text
-    slower = same.assign(epochs_low=[40, 200], epochs=[50, 250], epochs_high=[60, 300])
-    text = _fairness(slower)
-    assert "in 0, worse in 1 and better in 0" in text and "does not make up for the mismatch" in text
-    better = same.assign(ci_low=[0.5, 1.0], estimate=[0.6, 1.0], ci_high=[0.7, 1.0])  # exact rule fails to train
-    assert "better in 1" in _fairness(better) and "the mismatched rule does better" in _fairness(better)
-    never = same.assign(estimate=math.nan)
-    assert "No rule trained at any rate on mse + sigmoid" in _fairness(never)
+    same = comps(lambda s: 1.0, lambda s: 1.0)
+    assert same.tuning == [0, 1, 2, 3] and same.evaluation == [4, 5, 6, 7, 8, 9]
+    lead, lines = questions._fairness(same)
+    assert "Of 1 (pair, mismatched rule) cases" in lead and "equivalent to the exact one" in lead
+    assert "in 1, worse in 0, better in 0" in lead and "tuning seeds 0–3" in lead and "evaluation seeds 4–9" in lead
+    assert "costs nothing measurable" in lines[0] and "η = 1" in lines[0]
+    worse = comps(lambda s: 0.75, lambda s: 1.0)
+    assert "worse in 1" in questions._fairness(worse)[0]
+    few = comps(lambda s: 0.75, lambda s: 1.0, seeds=4)  # tuning 0, 1 (40 %: 2 of 4); 2 evaluation pairs
+    lead, lines = questions._fairness(few)
+    assert "1 have too few evaluation pairs" in lead and "n = 2 pairs: no test at this n" in lines[0]
+
+
+def test_descent_share_is_quoted_beside_what_the_delta_cosine_would_claim():
+    from harness.report import questions
+
+    frame = synthetic_frame(epochs=9)  # mismatched runs: grad_cosine 0.9 − 0.01·epoch, always > 0
+    text, table = questions.descent_table(frame)
+    assert "had a parameter update that was a descent direction" in text and "(100.0%)" in text
+    assert "logged no `delta_cosine`" in text and "δ cosine > 0 would claim" not in table  # runs before the metric
+    newer = frame.assign(grad_cosine=np.where(frame["epoch"] % 2 == 0, 0.5, -0.2), delta_cosine=0.8)
+    text, table = questions.descent_table(newer)
+    assert "(50.0%)" in text and "`delta_cosine` > 0) would have claimed 100.0%" in text
+    assert (table["δ cosine > 0 would claim"] == 1.0).all() and (table["descent (grad_cosine > 0)"] == 0.5).all()
+    assert questions.descent_table(frame[frame["pairing"] == "exact"]) is None

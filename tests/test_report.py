@@ -4,6 +4,7 @@ figures and a section per question; a missing experiment is one clear error."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,11 @@ from mlflow import MlflowClient
 import harness.app
 import harness.sweep
 from harness.app import run_job
+from harness.report.notebook import build, tex_to_mathml, to_html
 from harness.tracking import Run
+
+RAW_TEX = re.compile(r"\$\\?[a-zA-Z]|\\(frac|delta|odot|partial|sigma|nabla|top)\b")
+REPORT_FILES = ["report/runs.csv", "report/xor_grid.html", "report/xor_grid.ipynb"]
 
 
 def _errors(nb) -> list[str]:
@@ -39,18 +44,61 @@ def test_a_preset_sweep_writes_its_report_with_figures_and_every_question(tmp_pa
     html = (tmp_path / "reports" / "xor_grid.html").read_text()
     nb = nbformat.read(tmp_path / "reports" / "xor_grid.ipynb", as_version=4)
     assert _errors(nb) == []
-    assert html.count("<img") >= 4  # convergence ×2, heatmaps ×2, grad_cosine
+    assert html.count("<img") >= 4  # convergence ×2, final-accuracy heatmaps, grad_cosine (+ epochs heatmaps)
     for n in range(1, 5):
         assert f"Question {n}" in html
     assert "Derivation: sigmoid + binary cross-entropy" in html and "softmax + categorical cross-entropy" in html
     # answers carry this sweep's numbers: 2 seed pairs, and ng ≡ chain on bce + sigmoid to rounding
-    assert "over 2 seed pairs" in html
+    assert "over n = 2 seed pairs" in html and "n = 2 pairs: no test at this n can reach p &lt; 0.05" in html
     assert re.search(r"differ by at most [0-9.]+e-1[0-9] over 82 logged", html)
     assert "in 4 of 4 (activation, rule, seed, rate) groups run under several losses" in html
     c = MlflowClient(uri)
     (parent,) = c.search_runs([c.get_experiment_by_name("xor_grid").experiment_id], "tags.`harness.sweep_dir` != ''")
     assert parent.info.status == "FINISHED"
-    assert _artifacts(uri, parent.info.run_id) == ["report/xor_grid.html", "report/xor_grid.ipynb"]
+    assert _artifacts(uri, parent.info.run_id) == REPORT_FILES
+    runs = (tmp_path / "reports" / "xor_grid-runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 12 and runs[0].startswith("run_id,")
+    _check_rendered(tmp_path / "reports" / "xor_grid.html", tmp_path)
+
+
+def _chromium(*args: str) -> str:
+    chromium = shutil.which("chromium")
+    assert chromium, "the rendering check needs Debian's chromium: apt-get install -y chromium"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--virtual-time-budget=15000"]  # fmt: skip
+    p = subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _check_rendered(html: Path, tmp_path: Path) -> None:
+    """The HTML as a browser shows it, offline: MathML, no raw TeX, no code or prompts, alt text, runs folded."""
+    dom = _chromium("--dump-dom", html.as_uri())
+    text = re.sub(r"<style.*?</style>|<[^>]+>", " ", dom, flags=re.S)
+    assert dom.count("<math") >= 20 and not RAW_TEX.search(text)
+    assert "In [" not in text and "In&nbsp;[" not in dom and "loading.load(" not in text
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"http", dom)
+    assert "No description has been provided" not in dom and dom.count("<img alt=") == dom.count("<img")
+    assert "<details><summary>All 12 runs" in dom
+    _chromium(f"--screenshot={tmp_path / 'report.png'}", "--window-size=1400,1000", html.as_uri())
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_the_html_has_mathml_no_code_and_loads_nothing_from_the_network():
+    nb = build("tiny", "sqlite:///tiny.db", "0123")
+    html = to_html(nb)
+    body = re.sub(r"<style.*?</style>|<[^>]+>", " ", html, flags=re.S)
+    assert html.count("<math") >= 20 and not RAW_TEX.search(body)
+    assert 'display="block"' in html  # $$…$$ are display formulas
+    assert "loading.load(" not in body and "In&nbsp;[" not in html  # code cells and prompts hidden
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"http", html) and "mathjax" not in html.lower()
+    assert any("\\frac" in c.source for c in nb.cells if c.cell_type == "markdown")  # the .ipynb keeps its TeX
+
+
+def test_tex_to_mathml_converts_inline_and_display_math_only():
+    out = tex_to_mathml(r"rule $a - y$ and $$\frac{h - y}{h(1 - h)}$$ but not `x` or a lone $ sign")
+    assert out.count("<math") == 2 and '<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in out
+    assert "<mfrac>" in out and "a lone $ sign" in out and "\\frac" not in out
 
 
 @pytest.mark.parametrize("exists", [True, False])
@@ -108,7 +156,7 @@ def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_pat
     assert _errors(nb) == []
     html = (tmp_path / "out" / "partial.html").read_text()
     assert "<img" in html and "Question 4" in html
-    status = next(c for c in nb.cells if c.cell_type == "code" and "groupby(['status', 'outcome'])" in c.source)
-    table = status.outputs[-1]["data"]["text/plain"]
-    assert re.search(r"FAILED\s+failed\s+1", table) and re.search(r"FINISHED\s+completed\s+2", table)
-    assert _artifacts(store, parent) == ["report/partial.html", "report/partial.ipynb"]
+    overview = next(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                    if o.get("data", {}).get("text/markdown", "").startswith("**This study.**"))  # fmt: skip
+    assert "3 runs of 1 (loss, output activation, δ rule) triples" in overview and "2 completed, 1 failed" in overview
+    assert _artifacts(store, parent) == ["report/partial.html", "report/partial.ipynb", "report/runs.csv"]

@@ -186,6 +186,21 @@ def test_config_hash_ignores_tracking_and_override_order(compose_cfg):
     assert len({base, h("loss=mse", "seed=4"), h("loss=bce", "seed=3"), h("loss=mse", "seed=3", "train.lr=1")}) == 4
 
 
+def test_config_hash_ignores_report_and_tags_but_not_the_seed(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from harness.tracking import config_hash
+
+    def h(*overrides):
+        return config_hash(OmegaConf.to_container(compose_cfg(*overrides), resolve=True))
+
+    base = h()
+    assert h("report.out=elsewhere") == base
+    assert h("report.auto=true") == base
+    assert h("tags=[a,b]") == base
+    assert h("seed=1") != base
+
+
 def test_orphaned_children_are_ended_killed_and_reported(store, capsys):
     from harness.sweep import report_children
     from harness.tracking import Run

@@ -35,7 +35,8 @@ def _calls_and_imports(path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted([*(ROOT / "harness").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]),
+    "path",
+    sorted([*(ROOT / "harness").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]),
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_no_pickle_loading_or_code_named_by_config(path):

@@ -53,9 +53,18 @@ def grid(compose_cfg, name: str) -> list[dict[str, str]]:
     return [dict(job) for job in itertools.product(*axes)]
 
 
-@pytest.mark.parametrize("name,jobs", [("xor_grid", 36 * 5), ("mnist_grid", 36 * 3), ("slowdown", 4), ("seed_xor", 20)])
-def test_preset_grid_sizes(compose_cfg, name, jobs):
-    assert len(grid(compose_cfg, name)) == jobs
+@pytest.mark.parametrize(
+    "name,jobs,seeds",
+    [("xor_grid", 36 * 20, 20), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 7 * 10, 10),
+     ("slowdown", 4, 1), ("seed_xor", 20, 10)],
+)  # fmt: skip
+def test_preset_grid_sizes(compose_cfg, name, jobs, seeds):
+    runs = grid(compose_cfg, name)
+    assert len(runs) == jobs
+    assert len({j.get("seed") for j in runs}) == seeds
+    # the header comment promises the same number of runs
+    header = (ROOT / "experiments" / f"{name}.yaml").read_text().splitlines()[1]
+    assert f"= {jobs:,} runs" in header, header
 
 
 def test_lr_fairness_sweeps_every_triple_over_a_log_spaced_lr_grid(compose_cfg):

@@ -27,7 +27,10 @@ class DeltaRule:
     name: str = ""
 
     def delta(self, loss: Loss, act: Activation, z: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """δᴸ from pre-activation z, output a = f(z) and target y (a is passed to avoid recomputing)."""
+        """δᴸ from pre-activation z, output a = f(z) and target y (a is passed to avoid recomputing).
+
+        ``loss`` is the one bound to ``act`` (``loss.for_activation(act)``; only the matching loss differs).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -35,7 +38,8 @@ class DeltaRule:
 
 
 class NgRule(DeltaRule):
-    r"""Ng's rule :math:`\delta = a - y`; exact for sigmoid + BCE, softmax + CCE, identity + MSE."""
+    r"""Ng's rule :math:`\delta = a - y`; exact for sigmoid + BCE, softmax + CCE, identity + MSE: for each
+    output activation f = ∇F, exactly on its matching loss F(z) − y·z + F*(y) (``loss=matching``)."""
 
     name = "ng"
 
@@ -69,7 +73,8 @@ def output_delta(rule: str, loss: str, activation: str, z: np.ndarray, y: np.nda
 
     Not averaged over the batch. ``z`` is the output pre-activation and ``y`` the target, both (n, k).
     """
-    lo, act = LOSSES[loss], OUTPUT_ACTIVATIONS[activation]
+    act = OUTPUT_ACTIVATIONS[activation]
+    lo = LOSSES[loss].for_activation(act)
     z = np.asarray(z, dtype=float)
     y = np.asarray(y, dtype=float)
     return DELTA_RULES[rule].delta(lo, act, z, act.value(z), y)
@@ -79,14 +84,15 @@ def output_delta(rule: str, loss: str, activation: str, z: np.ndarray, y: np.nda
 def is_exact(rule: str, loss: str, activation: str, n: int = 256, k: int = 3, seed: int = 0) -> bool:
     """Whether ``rule`` equals the chain rule for (loss, activation), tested on random inputs.
 
-    z ~ N(0, 2²) and one-hot targets (valid for all three losses). Samples outside the loss's domain
+    z ~ N(0, 2²) and one-hot targets (valid for every loss). Samples outside the loss's domain
     (e.g. identity outputs ≤ 0 under a log) are left out: there the loss, hence its gradient, is undefined.
     Exact means agreement to rtol 1e-9 on every remaining sample (at least 16 of them).
     """
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, 2.0, size=(n, k))
     y = np.eye(k)[rng.integers(0, k, size=n)]
-    lo, act = LOSSES[loss], OUTPUT_ACTIVATIONS[activation]
+    act = OUTPUT_ACTIVATIONS[activation]
+    lo = LOSSES[loss].for_activation(act)
     a = act.value(z)
     ok = np.array([lo.defined(a[i : i + 1], y[i : i + 1]) for i in range(n)])
     got = DELTA_RULES[rule].delta(lo, act, z[ok], a[ok], y[ok])

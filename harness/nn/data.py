@@ -93,9 +93,10 @@ def mnist(n_test_per_class: int = 50) -> Dataset:
         idx = rng.permutation(np.flatnonzero(labels == digit))
         test[idx[:n_test_per_class]] = True
     y = one_hot(labels, 10)
-    for arr in (x, y):
+    parts = [x[~test], y[~test], x[test], y[test]]  # boolean indexing copies: freeze the copies handed out
+    for arr in parts:
         arr.setflags(write=False)
-    return Dataset("mnist", x[~test], y[~test], x[test], y[test], source=str(path))
+    return Dataset("mnist", *parts, source=str(path))
 
 
 def load(name: str) -> Dataset:

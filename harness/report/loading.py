@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import names
 from harness.names import EPOCHS_RUN_TAG, METRICS, OUTCOME_TAG, PAIRING_TAG, TEST_ACCURACY, TRAIN_LOSS
 from harness.tracking import all_runs, client, histories, resolve_uri, select_sweep
+
+# Newer runs also log the output-δ cosine and tag how many evaluated epochs had an undefined loss; older runs
+# have neither (the frame then has NaN there). The names come from harness.names once it defines them.
+DELTA_COSINE = getattr(names, "DELTA_COSINE", "delta_cosine")
+UNDEFINED_EPOCHS_TAG = getattr(names, "UNDEFINED_EPOCHS_TAG", "undefined_epochs")
+REPORT_METRICS = (*METRICS, *((DELTA_COSINE,) if DELTA_COSINE not in METRICS else ()))
 
 KEYS = ["loss", "activation", "delta"]
 # Accuracy that counts as "trained": XOR is solved when all four points are right; MNIST at 85 % test
@@ -88,6 +95,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
                 # a run still RUNNING has no outcome yet; a FAILED one may have died before tagging
                 "outcome": t.get(OUTCOME_TAG, "failed" if r.info.status == "FAILED" else "running"),
                 "epochs_run": _number(t.get(EPOCHS_RUN_TAG)),
+                "undefined_epochs": _number(t.get(UNDEFINED_EPOCHS_TAG)),
             }
         )
     frame = pd.DataFrame(rows)
@@ -136,7 +144,7 @@ def load(experiment: str, uri: str | None = None, parent_run_id: str | None = No
     ``fast_path=False`` reads them through MLflow's public API only (see :mod:`harness.tracking.mlflow_sql`).
     """
     study = locate(experiment, uri, parent_run_id)
-    frame = histories(study.uri, study.runs["run_id"].tolist(), METRICS, fast_path=fast_path)
+    frame = histories(study.uri, study.runs["run_id"].tolist(), REPORT_METRICS, fast_path=fast_path)
     frame = frame.merge(study.runs, on="run_id", how="left")
     study.frame = frame.sort_values(["run_id", "epoch"], ignore_index=True)
     return study
@@ -166,14 +174,17 @@ def first_epoch_at(history: pd.DataFrame, metric: str, threshold: float) -> floa
 def run_summary(study: Study, threshold: float | None = None) -> pd.DataFrame:
     """One row per run: its settings, final metrics and epochs to ``threshold`` test accuracy.
 
-    ``final_accuracy`` / ``final_loss`` are the last logged values of a completed run and NaN for a run that
-    diverged, became undefined or failed; ``epochs_to_threshold`` is inf when the threshold was never reached
-    (also when the run diverged before reaching it).
+    ``final_accuracy`` is the last logged test accuracy of a run that trained to its last epoch: ``completed``,
+    or ``undefined`` (its loss was undefined at the end, but its network is finite and has an accuracy; runs
+    tagged ``undefined_epochs`` train to the end, older ones stopped at epoch 0 and get NaN). It is NaN for a
+    run that diverged or failed. ``final_loss`` is the last logged training loss (NaN where undefined);
+    ``epochs_to_threshold`` is inf when the threshold was never reached (also when the run diverged first).
     """
     threshold = study.threshold if threshold is None else threshold
     last = study.frame.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
     out = study.runs.copy()
-    done = out["outcome"] == "completed"
+    trained_on = out["outcome"].eq("undefined") & out["undefined_epochs"].notna()
+    done = out["outcome"].eq("completed") | trained_on
     out["final_accuracy"] = out["run_id"].map(last[TEST_ACCURACY]).where(done)
     out["final_loss"] = out["run_id"].map(last[TRAIN_LOSS]).where(done)
     out["last_epoch"] = out["run_id"].map(last["epoch"])

@@ -3,7 +3,9 @@
 Builds a notebook (nbformat) whose cells load the experiment's latest sweep from MLflow
 (:mod:`.loading`, :mod:`.stats`), draw the figures (:mod:`.plots`) and answer the four questions from the
 measured numbers (:mod:`.questions`); runs it without a server (nbclient, ``ipykernel``); writes
-``DIR/EXPERIMENT.ipynb`` and ``DIR/EXPERIMENT.html`` (nbconvert) and logs both to the sweep's parent run.
+``DIR/EXPERIMENT.ipynb`` (with its code and TeX), ``DIR/EXPERIMENT.html`` (nbconvert: no code, the math as
+MathML, nothing loaded from the network) and ``DIR/EXPERIMENT-runs.csv``, and logs them to the sweep's parent run
+(``report/``; the CSV as ``report/runs.csv``).
 
 Preset studies (``report.auto: true``) call :func:`after_sweep` when their sweep ends, also when jobs failed.
 """
@@ -11,7 +13,11 @@ Preset studies (``report.auto: true``) call :func:`after_sweep` when their sweep
 from __future__ import annotations
 
 import argparse
+import copy
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -20,6 +26,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from harness.report.loading import AnalysisError, locate
 
 KERNEL = "python3"
+RUNS_CSV = "runs.csv"  # written by the notebook into its working directory, logged as report/runs.csv
 TIMEOUT = 1200  # seconds per cell: a large sweep's figures take a while on a loaded machine
 
 RULES_MD = r"""## The three output-error rules
@@ -66,113 +73,174 @@ using $\sum_k y_k = 1$ (one-hot or any probability target). With another output 
 $f'(z)$ (or the full Jacobian) does not cancel: $\delta = J_f(z)^\top \nabla_a L$ must be computed as such.
 """
 
+MATCHING_MD = r"""### At the root: the matching loss
+
+For an output activation $f = \nabla F$ (a gradient of a convex $F$), its *matching loss* is
+$L_f(z, y) = F(z) - y \cdot z$ (plus a term in $y$ only), and its gradient in $z$ is exactly
+
+$$\frac{\partial L_f}{\partial z} = f(z) - y = a - y .$$
+
+$F$ = softplus gives binary cross-entropy (sigmoid), $F = \log\sum_k e^{z_k}$ categorical cross-entropy
+(softmax), $F = \tfrac12 z^2$ the quadratic cost (identity), $F = \log\cosh z$ the matching loss of tanh. So Ng's
+$a - y$ is the gradient of one loss per activation, whatever the loss named in the config: used with another loss
+it descends the matching loss instead, a different objective with the same minimisers where the target is
+reachable. Against Nielsen's $(a - y) \odot f'(z)$ it differs by the factor $f'(z)$ (for a sigmoid
+$\sigma' \le \tfrac14$), a per-sample rescaling of the step: what the learning-rate study measures.
+"""
+
+METHODS_MD = r"""## Methods: how the numbers are made
+
+- **Pairing.** The same seed gives every rule the same initial weights and minibatch order, so rules are compared
+  on paired seeds. A pair with a run that diverged, became undefined or failed is left out and counted.
+- **Effect and interval.** The mean paired difference with its 95 % BCa bootstrap interval (`scipy.stats.bootstrap`,
+  9,999 resamples). No interval is given (and the text says why) for fewer than 3 values, all-equal values, or
+  values that are infinite.
+- **Test.** Wilcoxon's signed-rank test (`scipy.stats.wilcoxon`, `zero_method="pratt"`: seeds on which the rules
+  tie stay in the ranking, so they dilute the evidence rather than vanish) with the exact sign-flip null
+  distribution (`method=PermutationMethod()`: all $2^n$ sign flips up to 13 pairs, 9,999 random ones above).
+- **Too few pairs.** An exact two-sided sign-flip test cannot give p < 0.05 with fewer than 6 pairs
+  ($2/2^5 = 0.0625$): such comparisons get no verdict, say so, and are left out of the multiple-testing family.
+- **Equivalence.** "Equivalent" means TOST: two one-sided signed-rank tests against the margins $\pm 0.02$ in
+  final accuracy, $\pm 10\,\%$ of the reference rule's median epochs to threshold (at least one logging interval:
+  a finer margin could not be met even by identical training), $\pm 10\,\%$ of its median final loss. The TOST
+  p-value is the larger of the two. Overlapping intervals are not evidence of equivalence.
+- **Multiple comparisons.** Benjamini–Hochberg (`scipy.stats.false_discovery_control`) across all the comparisons
+  of this report: the difference tests form one family, the equivalence tests another; verdicts use q < 0.05.
+- **Never reached (censoring).** Epochs to threshold is $\infty$ for a run that never reached the threshold. A pair
+  where neither rule reached it is a tie; a pair where only one did counts as a difference beyond every finite one
+  (the signed-rank test ranks it last). Mean differences are over the pairs where both reached it.
+- **Learning-rate grids.** Each triple's best rate is chosen on the first 40 % of the seeds (tuning seeds) and
+  judged on the other seeds (evaluation seeds): the seeds that choose a rate never grade it. Every comparison
+  pairs two rules on the same evaluation seed, each at its own chosen rate; nothing pools across rates.
+"""
+
 QUESTIONS = [
     (
         "Question 1",
         "Ng's δᴸ = a − y has no σ′(z); Nielsen's δᴸ = (a − y) ⊙ σ′(z) has it. Is the difference significant, "
         "and why does it arise — is it because one uses MSE and the other cross-entropy?",
-        "questions.q1(study, summary).show()",
-        None,
+        "questions.q1(study, summary, comps).show()",
+        MATCHING_MD,
+        "Q1",
     ),
     (
         "Question 2",
         "With J = −y log h − (1 − y) log(1 − h) and a sigmoid output, prove that δ = h − y.",
-        "questions.q2(study, summary).show()",
+        "questions.q2(study, summary, comps).show()",
         Q2_MD,
+        None,
     ),
     (
         "Question 3",
         "If I use a different output activation with log loss, do I need a different derivative?",
-        "questions.q3(study, summary).show()",
+        "questions.q3(study, summary, comps).show()",
         Q3_MD,
+        "Q3",
     ),
     (
         "Question 4",
         "Which is correct? My numpy XOR net seems to work a little better with σ′ factored in. Or does it not "
         "matter, and I just need the right hyperparameters for each?",
-        "questions.q4(study, summary).show()",
+        "questions.q4(study, summary, comps).show()",
         None,
+        "Q4",
     ),
 ]
 
-FIGURES = """\
+SETUP = """\
+%matplotlib inline
+import warnings
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, imported by mlflow
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+from harness.report import loading, plots, questions, stats
+pd.set_option('display.width', 200)
+study = loading.load({experiment!r}, uri={uri!r}, parent_run_id={parent!r})
+summary = loading.run_summary(study)
+comps = questions.comparisons(study, summary)
+# on a learning-rate grid the figures show each triple at its own best rate (chosen on the tuning seeds), on the
+# evaluation seeds: the runs the comparisons stand on
 frame, runs = study.frame, summary
-if summary["lr"].nunique() >= 3:  # a learning-rate grid: curves and heatmaps show each triple at its best rate
-    best = stats.best_lr(summary)
-    frame, runs = stats.at_best_lr(study.frame, best), stats.at_best_lr(summary, best)
-    print("Learning-rate grid: the curves and heatmaps below show each triple at its own best rate.")
+if comps.best is not None:
+    frame, runs = stats.at_best_lr(study.frame, comps.best), stats.at_best_lr(summary, comps.best)
+    frame, runs = frame[frame["seed"].isin(comps.evaluation)], runs[runs["seed"].isin(comps.evaluation)]
+questions.overview(study, summary, comps).show()
+"""
+
+FIGURES = {
+    "Q1": """\
 if study.dataset == "neuron":
-    plots.slowdown(frame)
-    plt.show()
+    plots.show(plots.slowdown(frame), plots.alt_slowdown(frame))
 else:
-    plots.convergence(frame, "train_loss")
-    plt.show()
-    plots.convergence(frame, "test_accuracy", log=False)
-    plt.show()
-    plots.summary_heatmaps(runs, "final_accuracy")
-    plt.show()
-    if study.threshold is not None:
-        plots.summary_heatmaps(runs, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r")
-        plt.show()
-    if plots.grad_cosine(frame) is not None:
-        plt.show()
-    if summary["lr"].nunique() >= 3:
-        plots.lr_sensitivity(summary)
-        plt.show()
-        plots.best_lr(best)
-        plt.show()
+    for metric in ("train_loss", "test_accuracy"):
+        plots.show(plots.convergence(frame, metric, log=None if metric.endswith("loss") else False),
+                   plots.alt_convergence(frame, metric))
+    g = plots.grad_cosine(frame)
+    if g is None:
+        display(Markdown("*No descent-direction figure: this study has no mismatched (loss, activation, rule) run "
+                         "with a logged `grad_cosine`.*"))
+    else:
+        plots.show(g, plots.alt_grad_cosine(frame))
+""",
+    "Q3": """\
+if study.dataset != "neuron":
+    plots.show(plots.summary_heatmaps(runs, "final_accuracy"), plots.alt_heatmaps(runs, "final_accuracy"))
+""",
+    "Q4": """\
+if study.dataset != "neuron":
+    if study.threshold is not None and not np.isfinite(runs["epochs_to_threshold"]).any():
+        display(Markdown(f"*No epochs-to-threshold heatmap: no run reached test accuracy ≥ {study.threshold:g} "
+                         "within its epochs.*"))
+    elif study.threshold is not None:
+        plots.show(plots.summary_heatmaps(runs, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r"),
+                   plots.alt_heatmaps(runs, "epochs_to_threshold"))
+    if comps.best is not None:
+        plots.show(plots.lr_sensitivity(summary), plots.alt_lr(summary))
+        plots.show(plots.best_lr(comps.best), plots.alt_best_lr(comps.best, comps))
+""",
+}
+
+APPENDIX = """\
+summary.to_csv({csv!r}, index=False)
+columns = ['run_name', 'seed', 'lr', 'pairing', 'status', 'outcome', 'epochs_run', 'undefined_epochs',
+           'final_accuracy', 'final_loss', 'epochs_to_threshold']
+display(plots.details(f"All {{len(comps.items)}} comparisons of this report (p, BH q, TOST)", comps.table()))
+stopped = summary[summary['outcome'] != 'completed']
+display(plots.details(f"{{len(stopped)}} of {{len(summary)}} runs did not complete", stopped[columns]))
+display(plots.details(f"All {{len(summary)}} runs (also the CSV artifact report/runs.csv of the sweep's parent run)",
+                      summary[columns]))
 """
 
 
 def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.NotebookNode:
-    """The (unexecuted) report notebook: math, live gradient check, figures, one section per question."""
+    """The (unexecuted) report notebook: an overview, the math, one section per question (the answer first, then
+    its evidence: derivations, tables, figures), the methods, and the run tables folded away."""
     cells = [
         new_markdown_cell(
             f"# Report: `{experiment}`\n\nOutput-layer error rules compared on the runs of experiment "
             f"`{experiment}` (MLflow store `{uri}`, sweep parent run `{parent_run_id}`). Every number below is "
-            "computed when this notebook runs."
+            "computed when this notebook runs; the statistics are described under *Methods*."
         ),
-        new_code_cell(
-            "%matplotlib inline\n"
-            "import warnings\n"
-            "warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, imported by mlflow\n"
-            "import matplotlib.pyplot as plt\nimport pandas as pd\n"
-            "from harness.report import loading, plots, questions, stats\n"
-            "pd.set_option('display.width', 200)\n"
-            f"study = loading.load({experiment!r}, uri={uri!r}, parent_run_id={parent_run_id!r})\n"
-            "summary = loading.run_summary(study)\n"
-            "print(study)\nprint('threshold (test accuracy):', study.threshold)\n"
-            "summary.groupby(['status', 'outcome']).size().rename('runs').to_frame()"
-        ),
+        new_code_cell(SETUP.format(experiment=experiment, uri=uri, parent=parent_run_id)),
         new_markdown_cell(RULES_MD),
         new_markdown_cell(
             "## Which rule is exact where: the gradient checker (live)\n\nEach rule's δ against central finite "
             "differences of the loss (float64, h = 1e-6); *exact* = agreement to 1e-6."
         ),
         new_code_cell("questions.exactness()"),
-        new_markdown_cell(
-            "## Figures\n\nMean over seeds with 95 % bands; runs that diverged or left the loss's domain end in a "
-            "red ✕ and are counted in the panel titles and heatmap cells (✕k), never dropped."
-        ),
-        new_code_cell(FIGURES),
     ]
-    for title, question, code, math in QUESTIONS:
+    for title, question, code, math, figures in QUESTIONS:
         cells.append(new_markdown_cell(f"## {title}\n\n> {question}"))
+        cells.append(new_code_cell(code))
         if math:
             cells.append(new_markdown_cell(math))
-        cells.append(new_code_cell(code))
-    cells.append(new_markdown_cell("## Runs that did not complete (diverged, undefined, failed), and all runs"))
-    cells.append(
-        new_code_cell(
-            "columns = ['run_name', 'seed', 'lr', 'pairing', 'status', 'outcome', 'epochs_run', "
-            "'final_accuracy', 'final_loss', 'epochs_to_threshold']\n"
-            "stopped = summary[summary['outcome'] != 'completed']\n"
-            "print(f'{len(stopped)} of {len(summary)} runs did not complete.')\n"
-            "with pd.option_context('display.max_rows', 2000):\n"
-            "    display(stopped[columns])\n"
-            "summary[columns]"
-        )
-    )
+        if figures:
+            cells.append(new_code_cell(FIGURES[figures]))
+    cells.append(new_markdown_cell(METHODS_MD))
+    cells.append(new_markdown_cell("## Appendix: comparisons and runs"))
+    cells.append(new_code_cell(APPENDIX.format(csv=RUNS_CSV)))
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     return nb
@@ -186,10 +254,64 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
     return nb
 
 
+# nbconvert's lab template loads require.js, MathJax and mermaid.js from a CDN: offline, formulas show as raw
+# TeX. This template drops all three; the math is MathML made at build time (:func:`offline_math`), which
+# browsers render natively.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>
+main { max-width: 64rem; margin: 0 auto; }
+.wide { overflow-x: auto; } .jp-OutputArea-output { overflow-x: auto; }
+figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
+details { margin: 0.5em 0; } summary { cursor: pointer; font-weight: 600; }
+math[display="block"] { margin: 0.6em 0; }
+</style>
+{%- endblock extra_css -%}
+"""
+DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+FUNCTION_NAME = re.compile(r"\\(log|exp|cosh|tanh|diag)(?![A-Za-z])")
+INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\s)([^$\n]+?)(?<!\s)\$(?!\$)")
+
+
+def tex_to_mathml(text: str) -> str:
+    """``$$…$$`` and ``$…$`` in Markdown replaced by MathML (``latex2mathml``), for the offline HTML."""
+    from latex2mathml.converter import convert as to_mathml
+
+    def convert(tex: str, display: str = "inline") -> str:
+        return to_mathml(FUNCTION_NAME.sub(r"\\\1\\,", tex), display=display)  # "log h", not "logh"
+
+    text = DISPLAY_MATH.sub(lambda m: "\n\n" + convert(m.group(1).strip(), display="block") + "\n\n", text)
+    return INLINE_MATH.sub(lambda m: convert(m.group(1)), text)
+
+
+def offline_math(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` whose Markdown (cells and ``text/markdown`` outputs) has MathML instead of TeX."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = tex_to_mathml(cell.source)
+        for out in cell.get("outputs", []):
+            if "text/markdown" in out.get("data", {}):
+                out["data"]["text/markdown"] = tex_to_mathml(out["data"]["text/markdown"])
+    return nb
+
+
 def to_html(nb: nbformat.NotebookNode) -> str:
+    """The report as one self-contained HTML page: no code, no prompts, MathML, nothing loaded from a network."""
+    import jinja2
     from nbconvert import HTMLExporter
 
-    html, _ = HTMLExporter().from_notebook_node(nb)
+    exporter = HTMLExporter(
+        extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    html, _ = exporter.from_notebook_node(offline_math(nb))
     return html
 
 
@@ -211,9 +333,14 @@ def write_report(
     ipynb, html = out / f"{experiment}.ipynb", out / f"{experiment}.html"
     nbformat.write(nb, ipynb)
     html.write_text(to_html(nb), encoding="utf-8")
+    csv = out / f"{experiment}-runs.csv"
+    (out / RUNS_CSV).replace(csv)  # the notebook wrote it; several experiments can share ``out``
     if study.parent_run_id:
         for path in (ipynb, html):
             client(uri).log_artifact(study.parent_run_id, str(path), artifact_path="report")
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(csv, Path(tmp) / RUNS_CSV)
+            client(uri).log_artifact(study.parent_run_id, str(Path(tmp) / RUNS_CSV), artifact_path="report")
     return ipynb, html
 
 

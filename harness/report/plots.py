@@ -173,10 +173,15 @@ def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
         col="pair", col_order=_order(data["pair"], pairs), col_wrap=min(4, data["pair"].nunique()), kind="line",
         errorbar=BAND, palette=PALETTE, height=2.2, aspect=1.3,
     )  # fmt: skip
-    for ax in g.axes.flat:
+    for pair, ax in g.axes_dict.items():
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
         ax.set_ylim(-1.05, 1.05)
-    g.figure.suptitle("cos ∠(δ_rule, true ∂L/∂z) for mismatched rules (> 0: still a descent direction)", y=1.02)
+        panel = data[data["pair"] == pair]
+        if panel["epoch"].nunique() < 2:  # e.g. runs that stopped at epoch 0: one point, no curve
+            ax.text(0.5, 0.3, f"only epoch {panel['epoch'].max():g} logged:\n" + _outcomes(panel),
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="red")  # fmt: skip
+    g.figure.suptitle("grad_cosine of mismatched rules: cosine between the rule's step and the true gradient "
+                      "(> 0: still a descent direction)", y=1.02)  # fmt: skip
     return g
 
 
@@ -241,3 +246,104 @@ def best_lr(best: pd.DataFrame, value: str = "final_accuracy") -> plt.Figure:
                  "✕ at the bottom = no finished run / never reached)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------- showing, with alt text
+
+
+def show(fig: plt.Figure | sns.FacetGrid, alt: str) -> None:
+    """Display a figure in the notebook as ``<figure><img alt=…><figcaption>``, then close it.
+
+    nbconvert's lab template writes no ``alt`` for a plain ``image/png`` output (it fills in "No description has
+    been provided"), so the figure goes out as HTML that carries its own alt text and caption.
+    """
+    import base64
+    import html
+    import io
+
+    from IPython.display import HTML, display
+
+    fig = getattr(fig, "figure", fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    text = html.escape(alt, quote=True)
+    display(
+        HTML(f'<figure><img alt="{text}" src="data:image/png;base64,{data}"><figcaption>{text}</figcaption></figure>')
+    )
+
+
+def details(summary: str, table: pd.DataFrame) -> object:
+    """A table folded into ``<details>`` (collapsed in the HTML), with its one-line summary."""
+    import html
+
+    from IPython.display import HTML
+
+    body = table.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.4g}", border=0)
+    return HTML(f'<details><summary>{html.escape(summary)}</summary><div class="wide">{body}</div></details>')
+
+
+def _panels(frame: pd.DataFrame) -> str:
+    pairs = frame[["loss", "activation"]].drop_duplicates()
+    return f"{len(pairs)} panels, one per (loss, output activation) pair: " + ", ".join(
+        f"{lo} + {a}" for lo, a in pairs.itertuples(index=False)
+    )
+
+
+def _stopped(frame: pd.DataFrame) -> str:
+    runs = frame.drop_duplicates("run_id")
+    k = int(runs["outcome"].isin(STOPPED).sum())
+    return f"{k} of {len(runs)} runs diverged or ended undefined (red ✕ at their last finite value)."
+
+
+def alt_convergence(frame: pd.DataFrame, metric: str) -> str:
+    rules = ", ".join(_order(frame["delta"], RULE_ORDER))
+    return (
+        f"{metric.replace('_', ' ')} against epoch. {_panels(frame)}. One line per δ rule ({rules}): mean over seeds "
+        f"with a 95 % band. {_stopped(frame)}"
+    )
+
+
+def alt_grad_cosine(frame: pd.DataFrame) -> str:
+    f = frame[frame["pairing"] == "mismatched"]
+    share = (f["grad_cosine"] > 0).mean() if len(f) else float("nan")
+    return (
+        f"Cosine between each mismatched rule's update and the true gradient, against epoch, one panel per "
+        f"(loss, output activation) pair with a mismatched rule; the dashed line is 0. Above 0 the step descends "
+        f"the loss: {share:.0%} of the plotted epochs."
+    )
+
+
+def alt_heatmaps(summary: pd.DataFrame, value: str) -> str:
+    rules = ", ".join(_order(summary["delta"], RULE_ORDER))
+    return (
+        f"Heatmaps of the mean {value.replace('_', ' ')} over seeds, one per δ rule ({rules}); rows are losses, "
+        f"columns output activations. Hatched cells are mismatched pairings; ✕k counts runs that diverged or ended "
+        f"undefined; (k/n) means only k of n runs have a finite value; — means none has."
+    )
+
+
+def alt_slowdown(frame: pd.DataFrame) -> str:
+    return (
+        "Output of Nielsen's single sigmoid neuron against epoch, one panel per starting point (w, b), one line "
+        "per cost (quadratic, cross-entropy). From the saturated start the quadratic cost's output stays flat "
+        "for many epochs; cross-entropy's drops at once."
+    )
+
+
+def alt_lr(summary: pd.DataFrame) -> str:
+    rates = ", ".join(f"{v:g}" for v in sorted(summary["lr"].dropna().unique()))
+    return (
+        f"Final test accuracy against learning rate (log axis: {rates}), one panel per (loss, output activation) "
+        "pair, one line per δ rule, mean and 95 % interval over all seeds; diverged runs are omitted."
+    )
+
+
+def alt_best_lr(best: pd.DataFrame, comps: object) -> str:
+    return (
+        "Each triple at its own best learning rate (chosen on the tuning seeds; the label is the rate), graded on "
+        "the evaluation seeds: final accuracy (top) and epochs to threshold (bottom) with 95 % intervals, one "
+        "colour per δ rule, one group per (loss, output activation) pair; ✕ at the bottom: no finished run or the "
+        f"threshold never reached. {len(best)} triples."
+    )

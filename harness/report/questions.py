@@ -1,8 +1,10 @@
 """The four questions, answered from a study's measured numbers (used by the report notebooks).
 
-Each ``qN(study, summary)`` returns an :class:`Answer`: Markdown built from this experiment's data (the
-estimates, CIs, counts and verdicts are computed here, so the words change with the data) and the tables
-behind it. Which rule is exact for which pair comes from the live gradient checker, not from prose.
+Each ``qN(study, summary, comps)`` returns an :class:`Answer`: one paragraph with the verdict and its key number
+(with CI and n) first, then the evidence, all built from this experiment's data (so the words change with the
+data), and the tables behind it. Which rule is exact for which pair comes from the live gradient checker, not
+from prose. :func:`comparisons` makes every paired test of the report at once, so that the Benjamini–Hochberg
+adjustment covers all of them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
+from harness import names
+from harness.report import stats
 from harness.report.loading import Study
-from harness.report.stats import best_lr as best_lr_table
-from harness.report.stats import bootstrap_ci, format_ci, group_ci, rule_difference
+from harness.report.stats import Comparison, compare, format_ci, group_ci
+
+DELTA_COSINE = getattr(names, "DELTA_COSINE", "delta_cosine")
+Q1_PAIRS = [("mse", "sigmoid"), ("bce", "sigmoid"), ("cce", "softmax"), ("mse", "tanh")]  # nielsen vs ng
+UNITS = {"final_accuracy": "final test accuracy", "epochs_to_threshold": "epochs to threshold",
+         "final_loss": "final training loss"}  # fmt: skip
 
 
 @dataclass
@@ -30,7 +38,7 @@ class Answer:
 
         display(Markdown(self.text))
         for t in self.tables:
-            display(t)
+            display(t.style.hide(axis="index").format(precision=3))
 
 
 @cache
@@ -54,94 +62,224 @@ def _has(summary: pd.DataFrame, loss: str, activation: str, *rules: str) -> bool
     return all((part["delta"] == r).any() for r in rules)
 
 
-def _significance(d: dict) -> str:
-    if d["pairs"] == 0 or math.isnan(d["ci_low"]):
-        return "no paired runs to compare"
-    if d["ci_low"] > 0 or d["ci_high"] < 0:
-        return "**significant** (the 95 % CI excludes 0)"
-    return "not significant (the 95 % CI contains 0)"
-
-
-def rule_table(summary: pd.DataFrame, loss: str, activation: str, value: str) -> pd.DataFrame:
-    part = summary[(summary["loss"] == loss) & (summary["activation"] == activation)]
-    t = group_ci(part, value)
-    t["estimate [95 % CI]"] = [format_ci(*v) for v in t[["estimate", "ci_low", "ci_high"]].to_numpy()]
-    if value == "epochs_to_threshold":
-        reached = part.groupby("delta")[value].apply(lambda v: f"{int(np.isfinite(v).sum())}/{len(v)}")
-        t["reached"] = t["delta"].map(reached)
-    return t.drop(columns=["estimate", "ci_low", "ci_high"]).assign(value=value)
-
-
-def _compare(summary: pd.DataFrame, loss: str, act: str, a: str, b: str, threshold: float | None) -> str:
-    """One paragraph: rule a vs rule b on (loss, act), final accuracy and epochs-to-threshold, with CIs."""
-    lines = [f"**{loss} + {act}** — `{a}` is {_verdict(loss, act, a)}, `{b}` is {_verdict(loss, act, b)}:"]
-    for value, unit in [("final_accuracy", "final test accuracy"), ("epochs_to_threshold", "epochs to threshold")]:
-        if value == "epochs_to_threshold" and threshold is None:
-            continue
-        part = summary[(summary["loss"] == loss) & (summary["activation"] == act)]
-        est = {r: bootstrap_ci(part.loc[part["delta"] == r, value].replace(np.inf, np.nan)) for r in (a, b)}
-        d = rule_difference(summary, value, loss, act, a, b)
-        reach = ""
-        if value == "epochs_to_threshold":
-            reach = (
-                " (mean over seeds that reached it: "
-                + ", ".join(
-                    f"`{r}` {int(np.isfinite(part.loc[part['delta'] == r, value]).sum())}/"
-                    f"{int((part['delta'] == r).sum())}"
-                    for r in (a, b)
-                )
-                + ")"
-            )
-        lines.append(
-            f"- {unit}{reach}: `{a}` {format_ci(*est[a])}, `{b}` {format_ci(*est[b])}; paired difference "
-            f"`{a}` − `{b}` = {format_ci(d['estimate'], d['ci_low'], d['ci_high'])} over {d['pairs']} seed pairs "
-            f"({d['dropped']} pairs left out: diverged or never reached) — {_significance(d)}."
-        )
-    return "\n".join(lines)
-
-
 def _verdict(loss: str, act: str, rule: str) -> str:
     return "exact" if exactness().loc[(loss, act), rule] == "exact" else "mismatched"
 
 
-def q1(study: Study, summary: pd.DataFrame) -> Answer:
+def reference_rule(loss: str, act: str) -> str | None:
+    """The exact rule the mismatched ones are measured against: ``chain`` (exact everywhere), else the first."""
+    exact = [r for r in ("chain", "ng", "nielsen") if r in exactness().columns and _verdict(loss, act, r) == "exact"]
+    return exact[0] if exact else None
+
+
+# ------------------------------------------------------------------------------------------ comparisons
+
+
+@dataclass
+class Comparisons:
+    """Every paired comparison one report makes, BH-adjusted together (:func:`harness.report.stats.adjust`).
+
+    ``best`` (a learning-rate grid only): each triple's rate, chosen on the ``tuning`` seeds; every comparison
+    then uses the ``evaluation`` seeds, each triple at its own chosen rate. Nothing pools across rates.
+    """
+
+    items: dict[tuple, Comparison]
+    tuning: list[int]
+    evaluation: list[int]
+    best: pd.DataFrame | None = None
+
+    def get(self, *key) -> Comparison | None:
+        return self.items.get(tuple(key))
+
+    def design(self) -> str:
+        """One sentence: which seeds and rates the comparisons stand on."""
+        if self.best is None:
+            return f"paired by seed over seeds {_seeds(self.evaluation)}, one learning rate"
+        return (
+            f"each triple at its own best learning rate, chosen on the tuning seeds {_seeds(self.tuning)} and "
+            f"compared on the disjoint evaluation seeds {_seeds(self.evaluation)}, paired by seed"
+        )
+
+    def table(self) -> pd.DataFrame:
+        return stats.table(list(self.items.values()))
+
+
+def _seeds(seeds: list[int]) -> str:
+    s = sorted(seeds)
+    return f"{s[0]}–{s[-1]}" if len(s) > 2 and s == list(range(s[0], s[-1] + 1)) else ", ".join(map(str, s))
+
+
+def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
+    """Q1: ``nielsen`` − ``ng`` on the pairs where one of them is exact (accuracy, epochs to threshold); Q4:
+    their final training loss on mse + sigmoid, and (a learning-rate grid) each mismatched rule against the
+    exact reference rule on the same pair. All adjusted together."""
+    grid = summary["lr"].nunique() > 1
+    tuning, evaluation = stats.split_seeds(summary["seed"]) if grid else ([], sorted(set(summary["seed"])))
+    best = stats.best_lr(summary, tuning=tuning) if grid else None
+    rates = {} if best is None else {tuple(r[:3]): r[3] for r in best[[*stats.KEYS, "best_lr"]].itertuples(False)}
+    metrics = ["final_accuracy"] + (["epochs_to_threshold"] if study.threshold is not None else [])
+
+    def values(metric: str, loss: str, act: str, rule: str) -> pd.Series:
+        lr = rates.get((loss, act, rule)) if grid else None
+        return stats.paired_values(summary, metric, loss, act, rule, lr=lr, seeds=evaluation)
+
+    frame = getattr(study, "frame", None)
+    epochs = np.unique(frame["epoch"].dropna()) if frame is not None and "epoch" in frame else []
+    step = float(np.median(np.diff(epochs))) if len(epochs) > 1 else 0.0  # the logging interval (train.eval_every)
+
+    def add(key: tuple, metric: str, loss: str, act: str, a: str, b: str) -> None:
+        resolution = step if metric == "epochs_to_threshold" else 0.0
+        items[key] = compare(values(metric, loss, act, a), values(metric, loss, act, b), metric, (a, b),
+                             f"{loss} + {act}", resolution)  # fmt: skip
+
+    items: dict[tuple, Comparison] = {}
+    if study.dataset != "neuron":
+        for loss, act in Q1_PAIRS:
+            if _has(summary, loss, act, "ng", "nielsen"):
+                for m in metrics:
+                    add(("q1", loss, act, m), m, loss, act, "nielsen", "ng")
+        if _has(summary, "mse", "sigmoid", "nielsen", "ng"):
+            add(("q4", "mse", "sigmoid", "final_loss"), "final_loss", "mse", "sigmoid", "nielsen", "ng")
+        if grid:
+            for (loss, act), g in summary.groupby(["loss", "activation"], sort=False):
+                ref = reference_rule(loss, act)
+                if ref is None or ref not in set(g["delta"]):
+                    continue
+                for rule in sorted(set(g["delta"])):
+                    if _verdict(loss, act, rule) == "mismatched":
+                        for m in metrics:
+                            add(("fair", loss, act, rule, m), m, loss, act, rule, ref)
+    stats.adjust(list(items.values()))
+    return Comparisons(items, tuning, evaluation, best)
+
+
+def overview(study: Study, summary: pd.DataFrame, comps: Comparisons) -> Answer:
+    """The opening paragraph: what ran, how it ended, what the statistics stand on."""
+    outcomes = summary["outcome"].value_counts()
+    seeds = sorted(set(summary["seed"]))
+    lrs = sorted(summary["lr"].dropna().unique())
+    text = (
+        f"**This study.** {len(summary)} runs of {summary['triple'].nunique()} (loss, output activation, δ rule) "
+        f"triples on `{study.dataset}`, {len(seeds)} seeds, {len(lrs)} learning rate{'s' if len(lrs) > 1 else ''}; "
+        + ", ".join(f"{n} {o}" for o, n in outcomes.items())
+        + (f"; threshold: test accuracy ≥ {study.threshold:g}" if study.threshold is not None else "")
+        + f". Comparisons: {comps.design()}; {len(comps.items)} in all, adjusted together (see *Methods*)."
+    )
+    if comps.best is not None:
+        text += " The figures show each triple at its own chosen rate on the evaluation seeds, except the rate sweep."
+    if comps.best is not None and len(comps.evaluation) < stats.MIN_PAIRS:
+        text += (
+            f" With {len(comps.evaluation)} evaluation seeds no comparison can reach p < {stats.ALPHA:g}: run more "
+            "seeds for verdicts."
+        )
+    elif comps.best is None and len(seeds) < stats.MIN_PAIRS:
+        text += f" With {len(seeds)} seeds no comparison can reach p < {stats.ALPHA:g}: run more seeds for verdicts."
+    return Answer(text)
+
+
+# ------------------------------------------------------------------------------------------ questions
+
+ROOT = (
+    "At the root: Ng's δ = a − y is the exact gradient of the output activation's *matching loss* "
+    "L = F(z) − y·z with F′ = f (binary cross-entropy for a sigmoid, categorical cross-entropy for a softmax, "
+    "the quadratic cost for an identity output, log cosh z − y·z for tanh), whatever f is. Used with another "
+    "loss, a − y does not descend that loss but the matching one: a different objective with the same minimisers "
+    'where the target is reachable, which is why the "wrong" rule still trains. Against Nielsen\'s '
+    "(a − y) ⊙ f′(z), the gradient of the quadratic cost, it differs by the factor f′(z) (σ′ ≤ ¼): a per-sample "
+    'rescaling of the step, which is what the learning-rate study measures. So the difference is not "MSE vs '
+    'cross-entropy" as such: each rule is the gradient of one loss, and the (loss, output activation) pair '
+    "decides which rule is right."
+)
+
+
+def _comparison_lines(comps: Comparisons, prefix: str, loss: str, act: str, a: str, b: str) -> list[str]:
+    lines = []
+    for metric, unit in UNITS.items():
+        c = comps.get(prefix, loss, act, metric)
+        if c is not None:
+            lines.append(f"- {unit}: {c.sentence()}")
+    if lines:
+        lines.insert(0, f"**{loss} + {act}** — `{a}` is {_verdict(loss, act, a)}, `{b}` is {_verdict(loss, act, b)}:")
+    return lines
+
+
+def q1(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) -> Answer:
     """Ng vs Nielsen: is the difference significant, and is it because of MSE vs cross-entropy?"""
-    paras = [
-        "By the gradient checker (live, above), Ng's δ = a − y is exact on "
-        + ", ".join(exact_pairs("ng"))
-        + "; Nielsen's δ = (a − y) ⊙ f′(z) is exact on "
-        + ", ".join(exact_pairs("nielsen"))
-        + ". So *which* rule is right is decided by the (loss, output activation) pair: the σ′(z) factor belongs "
-        "to the quadratic cost's gradient and cancels out of cross-entropy's with a sigmoid output."
-    ]
+    comps = comps or comparisons(study, summary)
     if study.dataset == "neuron":
-        paras.append(_slowdown_text(study))
+        paras = [f"**Answer.** {_slowdown_text(study)}", ROOT]
         return Answer("\n\n".join(paras), [slowdown_table(study)])
-    compared = []
-    for loss, act in [("mse", "sigmoid"), ("bce", "sigmoid"), ("cce", "softmax"), ("mse", "tanh")]:
-        if _has(summary, loss, act, "ng", "nielsen"):
-            paras.append(_compare(summary, loss, act, "nielsen", "ng", study.threshold))
-            compared.append((loss, act))
-    if not compared:
-        paras.append("This experiment has no (loss, activation) pair run with both `ng` and `nielsen`: see `xor_grid`.")
+    main = next((comps.get("q1", lo, act, "final_accuracy") for lo, act in Q1_PAIRS
+                 if comps.get("q1", lo, act, "final_accuracy") is not None), None)  # fmt: skip
+    if main is None:
+        lead = "This experiment has no (loss, activation) pair run with both `ng` and `nielsen`: see `xor_grid`."
+    else:
+        lead = (
+            f"On {main.label}, final test accuracy, Nielsen's rule minus Ng's: {main.sentence()} "
+            f"(comparisons: {comps.design()}; verdicts use Benjamini–Hochberg q-values over all "
+            f"{len(comps.items)} comparisons of this report)."
+        )
+    paras = [f"**Answer.** {lead}", ROOT]
+    paras.append(
+        "By the gradient checker (live, above), `ng` is exact on " + ", ".join(exact_pairs("ng"))
+        + "; `nielsen` is exact on " + ", ".join(exact_pairs("nielsen")) + "."
+    )  # fmt: skip
+    for loss, act in Q1_PAIRS:
+        lines = _comparison_lines(comps, "q1", loss, act, "nielsen", "ng")
+        if lines:
+            paras.append("\n".join(lines))
     same = _loss_blind(study)
     if same:
         paras.append(same)
     tables = []
-    f = study.frame
-    cos = f[(f["pairing"] == "mismatched") & (f["outcome"] == "completed") & np.isfinite(f["grad_cosine"])]
-    if len(cos):
-        t = cos.groupby(["loss", "activation", "delta"])["grad_cosine"].agg(["mean", "min"]).reset_index()
-        t = t.rename(columns={"mean": "mean cos(δ_rule, true δ)", "min": "min cos"})
+    descent = descent_table(study.frame)
+    if descent is not None:
+        text, t = descent
+        paras.append(text)
         tables.append(t)
-        downhill = cos["grad_cosine"] > 0
-        paras.append(
-            f"Why a mismatched rule can still train: in the {cos['run_id'].nunique()} mismatched runs that trained "
-            f"to the end, {int(downhill.sum())} of {len(cos)} logged epochs ({downhill.mean():.2%}) had "
-            f"cos ∠(δ_rule, true δ) > 0 (min {cos['grad_cosine'].min():.3f}): the step still pointed downhill "
-            "on the loss, only not steepest-downhill (table below)."
-        )
     return Answer("\n\n".join(paras), tables)
+
+
+def descent_table(frame: pd.DataFrame) -> tuple[str, pd.DataFrame] | None:
+    """Per mismatched triple: the share of evaluated epochs whose step was a descent direction (``grad_cosine``
+    > 0), beside what the output-δ cosine (``delta_cosine`` > 0) would have claimed. None: no mismatched run."""
+    f = frame[(frame["pairing"] == "mismatched") & np.isfinite(frame["grad_cosine"])]
+    if f.empty:
+        return None
+    has_delta = DELTA_COSINE in f and f[DELTA_COSINE].notna().any()
+    f = f.assign(_descent=f["grad_cosine"] > 0)
+    if has_delta:
+        f = f.assign(_delta=(f[DELTA_COSINE] > 0).where(f[DELTA_COSINE].notna()))
+    rows = []
+    for (loss, act, rule), g in f.groupby(["loss", "activation", "delta"]):
+        rows.append(
+            {
+                "loss": loss, "activation": act, "delta": rule, "runs": g["run_id"].nunique(), "epochs": len(g),
+                "descent (grad_cosine > 0)": g["_descent"].mean(),
+                "δ cosine > 0 would claim": g["_delta"].mean() if has_delta else math.nan,
+                "min grad_cosine": g["grad_cosine"].min(),
+            }
+        )  # fmt: skip
+    t = pd.DataFrame(rows)
+    share = f["_descent"].mean()
+    text = (
+        f"Why a mismatched rule can still train: over {f['run_id'].nunique()} mismatched runs, "
+        f"{int(f['_descent'].sum())} of {len(f)} evaluated epochs ({share:.1%}) had a parameter update that was a "
+        f"descent direction for the loss (`grad_cosine` > 0: the cosine between the rule's update and the true "
+        f"gradient ∂C/∂θ; min {f['grad_cosine'].min():.3f})"
+    )
+    if has_delta:
+        text += (
+            f"; the output-δ cosine (`{DELTA_COSINE}` > 0) would have claimed {f['_delta'].mean():.1%}. "
+            "Only the first is about the step actually taken."
+        )
+    else:
+        t = t.drop(columns=["δ cosine > 0 would claim"])
+        text += (
+            f". These runs logged no `{DELTA_COSINE}`: they predate it, and their `grad_cosine` is the cosine between "
+            "the rule's output δ and the true ∂L/∂z, not yet that of the whole update."
+        )
+    return text + " Per triple in the table below.", t
 
 
 def _loss_blind(study: Study) -> str | None:
@@ -168,12 +306,12 @@ def _loss_blind(study: Study) -> str | None:
     )
 
 
-def q2(study: Study, summary: pd.DataFrame) -> Answer:
+def q2(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) -> Answer:
     """δ = h − y for sigmoid + BCE: the measured check beside the derivation."""
     row = next(r for r in _checks() if (r.loss, r.activation, r.delta) == ("bce", "sigmoid", "ng"))
     paras = [
-        f"Finite differences agree with δ = a − y for BCE + sigmoid to a max relative error of {row.rel_error:.2e} "
-        f"(verdict: {row.verdict})."
+        f"**Answer.** δ = h − y holds exactly (derivation below): finite differences agree with it for BCE + "
+        f"sigmoid to a max relative error of {row.rel_error:.2e} (verdict: {row.verdict})."
     ]
     f = study.frame[(study.frame["loss"] == "bce") & (study.frame["activation"] == "sigmoid")]
     both = f[f["delta"].isin(["ng", "chain"])].pivot_table(
@@ -198,7 +336,7 @@ def _checks():
     return tuple(table())
 
 
-def q3(study: Study, summary: pd.DataFrame) -> Answer:
+def q3(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) -> Answer:
     """Log loss with another output activation: which rule is right, and what happens in training."""
     t = exactness().reset_index()
     t = t[t["loss"].isin(["bce", "cce"])]
@@ -208,125 +346,152 @@ def q3(study: Study, summary: pd.DataFrame) -> Answer:
         for lo, act in t[["loss", "activation"]].itertuples(index=False)
     }  # fmt: skip
     only_chain = [f"{lo} + {act}" for (lo, act), rules in exact.items() if rules == ["chain"]]
-    paras = [
-        "Yes. For log losses the rules that equal the true gradient (live checker) are: "
-        + "; ".join(f"{lo} + {act}: {', '.join(r)}" for (lo, act), r in exact.items())
-        + ". On "
-        + ", ".join(only_chain)
-        + " only the chain rule δ = J_f(z)ᵀ ∇ₐL is the gradient: the output activation's derivative does not "
-        "cancel, so it has to be multiplied in."
-    ]
     logs = summary[summary["loss"].isin(["bce", "cce"])]
+    stopped = logs[logs["outcome"].isin(["undefined", "diverged"])]
+    measured = (
+        f" Measured here: {len(stopped)} of {len(logs)} log-loss runs ended undefined or diverged." if len(logs) else ""
+    )
+    paras = [
+        "**Answer.** Yes. For a log loss, δ = a − y is the gradient only where the log loss is the output "
+        "activation's matching loss (sigmoid for BCE, softmax for CCE); on " + ", ".join(only_chain)
+        + " only the chain rule δ = J_f(z)ᵀ ∇ₐL is the gradient (live checker)." + measured,
+        "Per pair, the rules that equal the true gradient: "
+        + "; ".join(f"{lo} + {act}: {', '.join(r) or 'chain only'}" for (lo, act), r in exact.items())
+        + ". With a tanh output the matching loss is log cosh z − y·z (Ng's a − y is its gradient), not BCE: the "
+        "output activation's derivative does not cancel out of a log loss, so it has to be multiplied in.",
+    ]  # fmt: skip
     if logs.empty:
         paras.append("This experiment has no log-loss runs.")
         return Answer("\n\n".join(paras))
     g = group_ci(logs, "final_accuracy")
-    g["final accuracy [95 % CI]"] = [format_ci(*v) for v in g[["estimate", "ci_low", "ci_high"]].to_numpy()]
-    g = g.drop(columns=["estimate", "ci_low", "ci_high"])
-    stopped = logs[logs["outcome"].isin(["undefined", "diverged"])]
+    g["final accuracy (mean [95 % BCa CI], n)"] = [format_ci(c) for c in g["ci"]]
+    g = g.drop(columns=["estimate", "ci_low", "ci_high", "ci", "finite"])
     if len(stopped):
         by = stopped.groupby(["loss", "activation"])["outcome"].agg(lambda o: o.value_counts().to_dict())
         paras.append(
-            f"Measured: {len(stopped)} of {len(logs)} log-loss runs stopped — "
-            + "; ".join(f"{lo} + {act}: {v}" for (lo, act), v in by.items())
-            + ". A log loss needs outputs inside its domain (a ∈ (0, 1) for BCE, a > 0 for CCE); identity and "
-            "tanh outputs leave it, whatever δ rule is used."
+            "Runs that ended undefined or diverged, per pair: "
+            + "; ".join(f"{lo} + {act}: " + ", ".join(f"{n} {o}" for o, n in v.items()) for (lo, act), v in by.items())
+            + ". A log loss needs outputs inside its domain (a ∈ (0, 1) for BCE, a > 0 for CCE), which identity and "
+            "tanh outputs can leave. Such a run still trains to its last epoch (ng and nielsen never read the loss, "
+            "chain needs only its gradient formula); its loss is logged as NaN on those epochs and its accuracy "
+            "counts in the table below. It ends `undefined` only if the loss is still undefined at the last epoch."
         )
     else:
-        paras.append(f"Measured: all {len(logs)} log-loss runs stayed inside the loss's domain.")
+        paras.append(f"All {len(logs)} log-loss runs stayed inside the loss's domain.")
     return Answer("\n\n".join(paras), [g])
 
 
-def q4(study: Study, summary: pd.DataFrame) -> Answer:
+def q4(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) -> Answer:
     """Which rule is correct, and is a mismatch just a different learning rate?"""
-    paras = [
+    comps = comps or comparisons(study, summary)
+    correct = (
         "*Correct* means: the δ that is the gradient of the loss being minimised. For the quadratic cost with a "
-        "sigmoid output that is "
-        + ("`nielsen`" if _verdict("mse", "sigmoid", "nielsen") == "exact" else "?")
-        + " (with σ′); `ng` there follows a different vector field, which may or may not train faster."
-    ]
+        "sigmoid output that is `nielsen` (with σ′); `ng` there descends the sigmoid's matching loss (BCE) "
+        "instead, a different objective with the same minimisers on reachable targets, and its step differs from "
+        "the gradient's by the per-sample factor 1/σ′(z) ≥ 4: a rescaled, not a wrong-signed, step."
+    )
     tables = []
-    if _has(summary, "mse", "sigmoid", "nielsen", "ng"):
-        loss_d = rule_difference(summary, "final_loss", "mse", "sigmoid", "nielsen", "ng")
-        paras.append(_compare(summary, "mse", "sigmoid", "nielsen", "ng", study.threshold))
-        paras.append(
-            f"- final training loss (the quadratic cost both minimise): paired difference `nielsen` − `ng` = "
-            f"{format_ci(loss_d['estimate'], loss_d['ci_low'], loss_d['ci_high'], 3)} — {_significance(loss_d)}."
+    fair = [c for k, c in comps.items.items() if k[0] == "fair"]
+    if comps.best is not None and fair:
+        lead, lines = _fairness(comps)
+        paras = [f"**Answer.** {lead}", correct, "\n".join(lines)]
+        best = comps.best.assign(
+            **{
+                "accuracy (evaluation seeds)": [format_ci(c) for c in comps.best["ci"]],
+                "epochs to threshold (evaluation seeds, reached)": [
+                    f"{format_ci(c)}; reached {r}" for c, r in zip(comps.best["epochs_ci"], comps.best["reached"])
+                ],
+            }
         )
-    lrs = summary["lr"].dropna().unique()
-    if len(lrs) >= 3:
-        best = best_lr_table(summary)
-        best["accuracy at best lr [95 % CI]"] = [
-            format_ci(*v) for v in best[["estimate", "ci_low", "ci_high"]].to_numpy()
-        ]
-        best["epochs to threshold [95 % CI]"] = [
-            format_ci(*v) for v in best[["epochs", "epochs_low", "epochs_high"]].to_numpy()
-        ]
-        tables.append(best.drop(columns=["estimate", "ci_low", "ci_high", "epochs", "epochs_low", "epochs_high"]))
-        paras.append(_fairness(best))
+        tables.append(
+            best.drop(columns=["estimate", "ci_low", "ci_high", "epochs", "epochs_low", "epochs_high", "ci",
+                               "epochs_ci", "reached"])
+        )  # fmt: skip
     else:
-        paras.append(
-            f"This experiment ran one learning rate per triple (η = {', '.join(f'{v:g}' for v in sorted(lrs))}), so "
-            "it cannot say whether a mismatch only rescales the rate: the `lr_fairness` study does."
-        )
+        c = comps.get("q4", "mse", "sigmoid", "final_accuracy") or comps.get("q1", "mse", "sigmoid", "final_accuracy")
+        lrs = sorted(summary["lr"].dropna().unique())
+        lead = (
+            f"On mse + sigmoid (`nielsen` exact), final test accuracy: {c.sentence()}"
+            if c is not None else "This experiment has no mse + sigmoid runs under both `nielsen` and `ng`."
+        )  # fmt: skip
+        paras = [
+            f"**Answer.** {lead} This experiment ran one learning rate per triple (η = "
+            f"{', '.join(f'{v:g}' for v in lrs)}), so it cannot say whether a mismatch only rescales the rate: the "
+            "`lr_fairness` study does.",
+            correct,
+        ]
+        lines = _comparison_lines(comps, "q1", "mse", "sigmoid", "nielsen", "ng")
+        loss_c = comps.get("q4", "mse", "sigmoid", "final_loss")
+        if loss_c is not None:
+            lines.append(f"- final training loss (the quadratic cost both minimise): {loss_c.sentence()}")
+        if lines:
+            paras.append("\n".join(lines))
     return Answer("\n\n".join(paras), tables)
 
 
-def _fairness(best: pd.DataFrame) -> str:
-    """Compare exact and mismatched rules on the same pair, each at its own best rate."""
-    lines = ["Each triple at its own best learning rate (table below; final accuracy, then epochs to threshold):"]
-    counts = {"same": 0, "worse": 0, "better": 0}
-    untrainable = []
-    for (loss, act), g in best.groupby(["loss", "activation"], sort=False):
-        exact, wrong = g[g["pairing"] == "exact"], g[g["pairing"] == "mismatched"]
-        if exact.empty or wrong.empty:
-            continue
-        if g["estimate"].isna().all():  # no rule produced a finished network here: nothing to compare
-            untrainable.append(f"{loss} + {act}")
-            continue
-        e = exact.sort_values(["estimate", "epochs"], ascending=[False, True], na_position="last").iloc[0]
-        for _, w in wrong.iterrows():
-            verdict = _versus(w, e)
-            counts[verdict] += 1
-            lines.append(
-                f"- {loss} + {act}: `{w['delta']}` (mismatched) at η = {w['best_lr']:g}: accuracy "
-                f"{format_ci(w['estimate'], w['ci_low'], w['ci_high'])}, epochs "
-                f"{format_ci(w['epochs'], w['epochs_low'], w['epochs_high'])} vs `{e['delta']}` (exact) at "
-                f"η = {e['best_lr']:g}: {format_ci(e['estimate'], e['ci_low'], e['ci_high'])}, epochs "
-                f"{format_ci(e['epochs'], e['epochs_low'], e['epochs_high'])} — " + VERDICTS[verdict]
-            )
-    total = sum(counts.values())
-    if total:
-        lines.insert(
-            1,
-            f"Of {total} (pair, mismatched rule) cases, the mismatched rule at its own best rate is "
-            f"indistinguishable from the exact rule at its best rate (overlapping 95 % CIs) in {counts['same']}, "
-            f"worse in {counts['worse']} and better in {counts['better']}.",
-        )
-    if untrainable:
-        lines.append(f"- No rule trained at any rate on {', '.join(untrainable)} (every run diverged or undefined).")
-    return "\n".join(lines)
-
-
 VERDICTS = {
-    "same": "CIs overlap on both: retuned, the mismatch costs nothing measurable.",
-    "worse": "worse even at its own best rate: retuning does not make up for the mismatch.",
-    "better": "the mismatched rule does better: the exact gradient of this loss is the worse training signal here.",
+    "equivalent": "equivalent at their own best rates: retuned, the mismatch costs nothing measurable",
+    "worse": "worse even at its own best rate: retuning does not make up for the mismatch",
+    "better": "the mismatched rule does better: the exact gradient of this loss is the worse training signal here",
+    "untestable": "too few evaluation pairs for any verdict",
+    "inconclusive": "inconclusive: neither a difference nor equivalence shown",
+    "untrainable": "no rule trained at any rate",
 }
 
 
-def _versus(w: pd.Series, e: pd.Series) -> str:
-    """same / worse / better for mismatched row ``w`` against exact row ``e`` (accuracy first, then speed)."""
+def _case(acc: Comparison, ep: Comparison | None) -> str:
+    """equivalent / worse / better / untestable / inconclusive for one mismatched rule against the reference."""
+    parts = [c for c in (acc, ep) if c is not None]
+    if all(c.n == 0 for c in parts):
+        return "untrainable"
+    if not any(c.testable for c in parts):
+        return "untestable"
 
-    def separate(lo1: float, hi1: float, lo2: float, hi2: float) -> int:
-        """+1 if interval 1 lies above interval 2, −1 if below, 0 if they overlap (NaN = lowest)."""
-        lo1, hi1, lo2, hi2 = (-np.inf if math.isnan(v) else v for v in (lo1, hi1, lo2, hi2))
-        return 1 if lo1 > hi2 else -1 if hi1 < lo2 else 0
+    def sign(c: Comparison) -> int:  # +1: the mismatched rule (a) is better on this metric
+        if not c.testable or not c.q < stats.ALPHA:
+            return 0
+        s = int(stats._direction(c))
+        return -s if c.metric == "epochs_to_threshold" else s
 
-    acc = separate(w["ci_low"], w["ci_high"], e["ci_low"], e["ci_high"])
-    speed = -separate(w["epochs_low"], w["epochs_high"], e["epochs_low"], e["epochs_high"])  # fewer is better
-    order = acc or speed
-    return "same" if order == 0 else "better" if order > 0 else "worse"
+    signs = [sign(c) for c in parts]
+    if -1 in signs:
+        return "worse"
+    if 1 in signs:
+        return "better"
+    if all(c.q_equiv < stats.ALPHA for c in parts):
+        return "equivalent"
+    return "inconclusive"
+
+
+def _fairness(comps: Comparisons) -> tuple[str, list[str]]:
+    """The lead sentence and one line per (pair, mismatched rule) against the exact reference rule."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    lines = []
+    cases = sorted({k[1:4] for k in comps.items if k[0] == "fair"})
+    rate = {tuple(r[:3]): r[3] for r in comps.best[[*stats.KEYS, "best_lr"]].itertuples(False)}
+    for loss, act, rule in cases:
+        acc = comps.get("fair", loss, act, rule, "final_accuracy")
+        ep = comps.get("fair", loss, act, rule, "epochs_to_threshold")
+        verdict = _case(acc, ep)
+        counts[verdict] += 1
+        ref = acc.b
+        lines.append(
+            f"- **{loss} + {act}**: `{rule}` (mismatched, η = {rate[(loss, act, rule)]:g}) vs `{ref}` (exact, "
+            f"η = {rate[(loss, act, ref)]:g}) — {VERDICTS[verdict]}. Accuracy: {acc.sentence()}"
+            + (f" Epochs to threshold: {ep.sentence()}" if ep is not None else "")
+        )
+    n = len(cases)
+    m_acc = stats.MARGINS["final_accuracy"][1]
+    m_ep = stats.MARGINS["epochs_to_threshold"][1]
+    lead = (
+        f"Of {n} (pair, mismatched rule) cases ({comps.design()}), the "
+        f"mismatched rule is equivalent to the exact one (TOST, margins ±{m_acc:g} accuracy and ±{m_ep:.0%} of the "
+        f"exact rule's median epochs to threshold) in {counts['equivalent']}, worse in {counts['worse']}, better in "
+        f"{counts['better']}, inconclusive in {counts['inconclusive']}; {counts['untestable']} have too few "
+        f"evaluation pairs for any verdict and in {counts['untrainable']} no rule trained. Verdicts use "
+        f"Benjamini–Hochberg q < {stats.ALPHA:g} over all {len(comps.items)} comparisons of this report."
+    )
+    return lead, lines
 
 
 def slowdown_table(study: Study) -> pd.DataFrame:

@@ -1,47 +1,302 @@
-"""The statistics the reports quote, over seeds: bootstrap confidence intervals, paired rule differences,
-each triple at its best learning rate.
+"""The statistics the reports quote, over seeds, from :mod:`scipy.stats` (nothing re-derived by hand).
 
-- :func:`bootstrap_ci`, :func:`group_ci`, :func:`rule_difference`, :func:`best_lr`: estimates with
-  percentile-bootstrap 95 % confidence intervals over seeds.
+- :func:`bootstrap_ci`: a mean and its BCa bootstrap 95 % CI (``scipy.stats.bootstrap``); degenerate samples
+  (none, n < 3, all equal, ∞ from a never-reached threshold) get no interval and a note that says why.
+- :func:`compare`: two rules on the same seeds (same seed = same initial weights and minibatch order). The
+  effect is the mean paired difference with its BCa CI; the test is Wilcoxon's signed-rank test with an exact
+  sign-flip null (``scipy.stats.wilcoxon(..., method=PermutationMethod())``, exact up to 13 pairs, 9,999
+  random sign flips above); equivalence is TOST: two one-sided signed-rank tests against ± a stated margin.
+- :func:`adjust`: Benjamini–Hochberg q-values (``scipy.stats.false_discovery_control``) across all the
+  comparisons one report makes; :meth:`Comparison.verdict` reads them.
+- :func:`split_seeds`, :func:`best_lr`, :func:`at_best_lr`: each triple's best learning rate, chosen on tuning
+  seeds; the comparisons then use the disjoint evaluation seeds.
+
+Censoring: epochs-to-threshold is ∞ for a run that never reached the threshold. A pair where neither rule
+reached it is a tie (difference 0); a pair where only one did has difference ±∞, which the signed-rank test
+ranks beyond every finite difference. The mean difference (the effect size) is taken over the pairs where
+both reached it, and the report says how many did not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from harness.report.loading import KEYS
 
+LEVEL = 0.95  # confidence level of every interval
+ALPHA = 0.05  # significance level, applied to Benjamini–Hochberg q-values
+RESAMPLES = 9999
+MIN_PAIRS = 6  # an exact two-sided sign-flip test cannot reach p < 0.05 below 6 pairs: 2 / 2⁵ = 0.0625
+# Equivalence margins (TOST): (kind, size). "abs": ± size in the metric's unit; "rel": ± size × the median of
+# the reference rule (the second one compared) over the pairs.
+MARGINS: dict[str, tuple[str, float]] = {
+    "final_accuracy": ("abs", 0.02),
+    "epochs_to_threshold": ("rel", 0.10),
+    "final_loss": ("rel", 0.10),
+}
+TUNING_SHARE = 0.4  # lr studies: the first 40 % of the seeds pick each triple's rate, the rest evaluate it
 
-def bootstrap_ci(
-    values: Sequence[float], stat: Callable = np.mean, n_boot: int = 4000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(estimate, low, high): ``stat`` of the values and its percentile-bootstrap CI.
 
-    Resamples the values with replacement ``n_boot`` times; the CI is the (1 ± level)/2 quantiles of the
-    resampled statistic (quantiles without interpolation, so an inf from a never-reached threshold stays
-    an honest "≥" bound instead of becoming NaN). NaN values are left out; none left gives NaNs.
+def min_p(n: int, two_sided: bool = True) -> float:
+    """The smallest p-value an exact sign-flip test on ``n`` non-tied pairs can give: 2/2ⁿ (one-sided 1/2ⁿ)."""
+    return min(1.0, (2.0 if two_sided else 1.0) / 2.0**n) if n > 0 else 1.0
+
+
+@dataclass
+class CI:
+    """An estimate with its confidence interval over ``n`` values; ``note`` says why an interval is missing."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    note: str = ""
+
+    def __str__(self) -> str:
+        return format_ci(self)
+
+
+def format_ci(ci: CI, digits: int = 3, n: bool = True) -> str:
+    """``0.95 [0.90, 1.00], n = 5``; without an interval, the note: ``1 (all 5 values equal)``."""
+
+    def f(v: float) -> str:
+        return "n/a" if math.isnan(v) else ("∞" if math.isinf(v) else f"{v:.{digits}g}")
+
+    if ci.n == 0:
+        return "n/a"
+    if math.isnan(ci.low):
+        return f"{f(ci.estimate)} ({ci.note})"
+    text = f"{f(ci.estimate)} [{f(ci.low)}, {f(ci.high)}]" + (f", n = {ci.n}" if n else "")
+    return text + (f" ({ci.note})" if ci.note else "")
+
+
+def bootstrap_ci(values: Sequence[float], level: float = LEVEL, seed: int = 0) -> CI:
+    """The mean of ``values`` (NaN left out) and its BCa bootstrap CI (``scipy.stats.bootstrap``).
+
+    No interval (NaN bounds, and a note) for: no value; ∞ among the values (a threshold some run never
+    reached: the mean is not finite); n < 3 (too few to resample); all values equal (a point: the interval is
+    that value, said as such); a bootstrap distribution BCa cannot handle (scipy's DegenerateDataWarning).
     """
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    samples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]
-    with np.errstate(invalid="ignore"):
-        stats = stat(samples, axis=1)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
-    return float(stat(x)), float(lo), float(hi)
+    n = len(x)
+    if n == 0:
+        return CI(math.nan, math.nan, math.nan, 0, "no values")
+    if np.isinf(x).any():
+        k = int(np.isinf(x).sum())
+        return CI(float(np.mean(x)), math.nan, math.nan, n, f"{k} of {n} never reached: no finite mean")
+    mean = float(np.mean(x))
+    if np.ptp(x) == 0:
+        return CI(mean, mean, mean, n, f"all {n} values equal")
+    if n < 3:
+        return CI(mean, math.nan, math.nan, n, f"n = {n}: too few for a bootstrap CI")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning / divide by zero: checked below
+        res = stats.bootstrap(
+            (x,), np.mean, confidence_level=level, method="BCa", n_resamples=RESAMPLES, random_state=seed
+        )
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return CI(mean, math.nan, math.nan, n, f"n = {n}: BCa interval undefined for this sample")
+    return CI(mean, lo, hi, n)
 
 
-def group_ci(summary: pd.DataFrame, value: str, by: Sequence[str] = KEYS, stat: Callable = np.mean) -> pd.DataFrame:
-    """Per group: runs, how many diverged / were undefined / failed, and ``stat(value)`` with its 95 % CI."""
+def _signed_rank(d: np.ndarray, alternative: str = "two-sided", seed: int = 0) -> float:
+    """p of Wilcoxon's signed-rank test on paired differences ``d`` (±∞ allowed: ranked beyond all finite).
+
+    ``zero_method="pratt"``: a tied pair (difference 0) keeps its place in the ranking and then counts for
+    neither side, so seeds on which the rules tie dilute the evidence instead of vanishing ("wilcox" would drop
+    them and test only the seeds that differ). The null distribution is the exact sign-flip one (all 2ⁿ flips up
+    to n = 13, else 9,999 random flips), which handles ties and zeros without a normal approximation.
+    """
+    if not np.any(d != 0):
+        return 0.5 if alternative != "two-sided" else 1.0
+    method = stats.PermutationMethod(n_resamples=RESAMPLES, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.wilcoxon(d, zero_method="pratt", alternative=alternative, method=method).pvalue)
+
+
+@dataclass
+class Comparison:
+    """``a`` − ``b`` for one metric on paired seeds: effect, test, equivalence test; q-values from :func:`adjust`."""
+
+    metric: str
+    a: str
+    b: str
+    label: str = ""  # e.g. "mse + sigmoid"
+    n: int = 0  # pairs with a value (finite or ∞) on both sides
+    dropped: int = 0  # pairs left out: a NaN on either side (diverged, undefined, failed)
+    only_a_never: int = 0  # epochs-to-threshold: a never reached it, b did
+    only_b_never: int = 0
+    both_never: int = 0
+    differ: int = 0  # pairs whose difference is not 0
+    effect: CI = field(default_factory=lambda: CI(math.nan, math.nan, math.nan, 0, "no pairs"))
+    p: float = math.nan
+    margin: float | None = None
+    margin_text: str = ""
+    p_equiv: float = math.nan
+    q: float = math.nan
+    q_equiv: float = math.nan
+
+    @property
+    def testable(self) -> bool:
+        """Can a two-sided test reach p < α at this n at all (n ≥ 6 pairs)?"""
+        return min_p(self.n) < ALPHA
+
+    def verdict(self) -> str:
+        """Words for the result, from the BH-adjusted q-values (call :func:`adjust` first)."""
+        if self.n == 0:
+            return "no paired runs to compare"
+        if not self.testable:
+            return (
+                f"n = {self.n} pairs: no test at this n can reach p < {ALPHA:g} (the smallest p an exact "
+                f"two-sided sign-flip test can give is {min_p(self.n):.3g}), so no verdict"
+            )
+        if self.q < ALPHA:
+            word = "higher" if _direction(self) > 0 else "lower"
+            return f"**`{self.a}` is {word}** (signed-rank test, BH q = {self.q:.2g})"
+        if self.q_equiv < ALPHA:
+            return f"**equivalent** within {self.margin_text} (TOST, BH q = {self.q_equiv:.2g})"
+        equiv = f"; equivalence within {self.margin_text} not shown (TOST q = {self.q_equiv:.2g})" if (
+            self.margin is not None) else ""  # fmt: skip
+        return f"inconclusive: no difference detected (q = {self.q:.2g}){equiv}"
+
+    def short(self) -> str:
+        """The verdict in a word or three, for tables."""
+        if self.n == 0:
+            return "no pairs"
+        if not self.testable:
+            return f"no verdict (n = {self.n} < {MIN_PAIRS})"
+        if self.q < ALPHA:
+            return f"{self.a} {'higher' if _direction(self) > 0 else 'lower'}"
+        return "equivalent" if self.q_equiv < ALPHA else "inconclusive"
+
+    def sentence(self) -> str:
+        """One line: the effect with CI and n, censoring counts, the verdict."""
+        never = ""
+        if self.only_a_never or self.only_b_never or self.both_never:
+            never = (
+                f"; never reached: `{self.a}` only on {self.only_a_never}, `{self.b}` only on {self.only_b_never}, "
+                f"both on {self.both_never} pairs (ranked last by the test)"
+            )
+        drop = f"; {self.dropped} pairs left out (diverged, undefined or failed)" if self.dropped else ""
+        effect = format_ci(self.effect, n=False)
+        if self.effect.n < self.n:
+            effect += (
+                f" (mean over the {self.effect.n} pairs where both reached it)"
+                if self.effect.n
+                else " (no pair where both reached it)"
+            )
+        return f"`{self.a}` − `{self.b}` = {effect} over n = {self.n} seed pairs{never}{drop} — {self.verdict()}."
+
+
+def _direction(c: Comparison) -> float:
+    """Sign of the difference the test found: the mean effect, else (censored) who reached the threshold."""
+    if np.isfinite(c.effect.estimate) and c.effect.estimate != 0:
+        return float(np.sign(c.effect.estimate))
+    return float(np.sign(c.only_b_never - c.only_a_never)) * (-1 if c.metric == "epochs_to_threshold" else 1)
+
+
+def compare(
+    a: pd.Series,
+    b: pd.Series,
+    metric: str,
+    names: tuple[str, str] = ("a", "b"),
+    label: str = "",
+    resolution: float = 0.0,
+) -> Comparison:
+    """``a`` − ``b`` on the seeds both have (Series indexed by seed): effect, signed-rank p, TOST p.
+
+    ``resolution``: the smallest difference the metric can show (epochs logged every 10 epochs: 10); a relative
+    equivalence margin is never narrower, or equivalence could not be shown even for identical training.
+
+    NaN on either side (the run diverged, became undefined or failed) drops the pair (counted in ``dropped``).
+    """
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
+    has = both.notna().all(axis=1)
+    c = Comparison(metric, *names, label=label, dropped=int((~has).sum()))
+    x, y = both.loc[has, "a"].to_numpy(float), both.loc[has, "b"].to_numpy(float)
+    never_a, never_b = np.isposinf(x), np.isposinf(y)
+    c.n = len(x)
+    c.only_a_never, c.only_b_never = int((never_a & ~never_b).sum()), int((never_b & ~never_a).sum())
+    c.both_never = int((never_a & never_b).sum())
+    with np.errstate(invalid="ignore"):  # ∞ − ∞: neither reached it, a tie
+        d = np.where(never_a & never_b, 0.0, x - y)
+    c.differ = int((d != 0).sum())
+    if c.n == 0:
+        return c
+    c.effect = bootstrap_ci(d[np.isfinite(x) & np.isfinite(y)])
+    c.p = _signed_rank(d)
+    kind, size = MARGINS.get(metric, (None, 0.0))
+    ref = y[np.isfinite(y)]
+    if kind == "abs":
+        c.margin, c.margin_text = size, f"±{size:g}"
+    elif kind == "rel" and len(ref):
+        c.margin = size * float(np.median(ref))
+        c.margin_text = f"±{size:.0%} of `{c.b}`'s median ({c.margin:.3g})"
+        if c.margin < resolution:
+            c.margin, c.margin_text = resolution, f"±{resolution:g} (one logging interval; 10 % of the median is less)"
+    if c.margin is not None and c.margin > 0:
+        # TOST: H0 "d ≤ −m" rejected by a one-sided test of d + m > 0, H0 "d ≥ m" by d − m < 0; p = the larger
+        c.p_equiv = max(_signed_rank(d + c.margin, "greater"), _signed_rank(d - c.margin, "less"))
+    return c
+
+
+def adjust(comparisons: Sequence[Comparison]) -> None:
+    """Benjamini–Hochberg q-values across all the comparisons of a report: one family for the difference tests,
+    one for the equivalence tests (a comparison is read against one or the other, never both at once).
+
+    Comparisons with fewer than :data:`MIN_PAIRS` pairs are not in the families: no result of theirs could count.
+    """
+    for p_attr, q_attr in (("p", "q"), ("p_equiv", "q_equiv")):
+        family = [c for c in comparisons if c.testable and np.isfinite(getattr(c, p_attr))]
+        if family:
+            qs = stats.false_discovery_control([getattr(c, p_attr) for c in family], method="bh")
+            for c, q in zip(family, qs):
+                setattr(c, q_attr, float(q))
+
+
+def table(comparisons: Sequence[Comparison]) -> pd.DataFrame:
+    """Every comparison as one row (the report's appendix)."""
+    return pd.DataFrame(
+        [
+            {
+                "comparison": c.label,
+                "metric": c.metric,
+                "a − b": f"{c.a} − {c.b}",
+                "pairs": c.n,
+                "dropped": c.dropped,
+                "mean difference [95 % BCa CI]": format_ci(c.effect),
+                "p (signed rank)": c.p,
+                "q (BH)": c.q,
+                "margin": c.margin_text.replace("`", "") or "—",
+                "p (TOST)": c.p_equiv,
+                "q TOST (BH)": c.q_equiv,
+                "verdict": c.short(),
+            }
+            for c in comparisons
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------- per group
+
+
+def group_ci(summary: pd.DataFrame, value: str, by: Sequence[str] = KEYS) -> pd.DataFrame:
+    """Per group: runs, how many diverged / were undefined / failed, and the mean of ``value`` with its CI
+    (finite values only; ``reached`` = how many runs had one)."""
     rows = []
     for key, g in summary.groupby(list(by), sort=False):
-        est, lo, hi = bootstrap_ci(g[value].to_numpy(), stat)
+        v = g[value].to_numpy(dtype=float)
+        ci = bootstrap_ci(v[np.isfinite(v)])
         key = key if isinstance(key, tuple) else (key,)
         outcomes = g["outcome"].value_counts()
         rows.append(
@@ -52,66 +307,78 @@ def group_ci(summary: pd.DataFrame, value: str, by: Sequence[str] = KEYS, stat: 
                 "diverged": int(outcomes.get("diverged", 0)),
                 "undefined": int(outcomes.get("undefined", 0)),
                 "failed": int(outcomes.get("failed", 0) + outcomes.get("killed", 0)),
-                "estimate": est,
-                "ci_low": lo,
-                "ci_high": hi,
+                "finite": int(np.isfinite(v).sum()),
+                "estimate": ci.estimate,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "ci": ci,
             }
         )
     return pd.DataFrame(rows)
 
 
-def rule_difference(
-    summary: pd.DataFrame, value: str, loss: str, activation: str, rule_a: str, rule_b: str
-) -> dict[str, float]:
-    """Mean paired difference ``value(rule_a) − value(rule_b)`` on (loss, activation), with its 95 % CI.
+# ------------------------------------------------------------------------------------ learning rates
 
-    Runs are paired by seed (same seed = same initial weights and minibatch order for every rule); pairs
-    where either value is NaN or infinite (diverged, never reached) are left out and counted in ``dropped``.
+
+def split_seeds(seeds: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(tuning, evaluation): the first 40 % of the sorted seeds (at least one) tune, the rest evaluate.
+
+    With one seed there is nothing to hold out: both are that seed (and the report says so).
     """
-    pair = summary[(summary["loss"] == loss) & (summary["activation"] == activation)]
-    lr = pair["lr"].fillna(-1.0)
-    wide = pair.assign(lr=lr).pivot_table(index=["seed", "lr"], columns="delta", values=value, aggfunc="first")
-    if rule_a not in wide or rule_b not in wide:
-        return {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "pairs": 0, "dropped": 0}
-    d = (wide[rule_a] - wide[rule_b]).to_numpy(dtype=float)
-    ok = np.isfinite(d)
-    est, lo, hi = bootstrap_ci(d[ok])
-    return {"estimate": est, "ci_low": lo, "ci_high": hi, "pairs": int(ok.sum()), "dropped": int((~ok).sum())}
+    s = sorted({int(v) for v in seeds})
+    if len(s) < 2:
+        return s, s
+    k = min(len(s) - 1, max(1, round(TUNING_SHARE * len(s))))
+    return s[:k], s[k:]
 
 
-def best_lr(summary: pd.DataFrame, value: str = "final_accuracy", higher_is_better: bool = True) -> pd.DataFrame:
-    """Each triple at its own best learning rate: the lr whose mean ``value`` over seeds is best.
+def best_lr(
+    summary: pd.DataFrame,
+    value: str = "final_accuracy",
+    higher_is_better: bool = True,
+    tuning: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Each triple's best learning rate on the ``tuning`` seeds, and how it does on the other seeds there.
 
-    Diverged runs count as the worst value at that rate (a rate where some seeds blow up is not "best").
-    Ties (e.g. several rates that all solve XOR) go to the rate that reaches the accuracy threshold in the
-    fewest epochs, when the summary has ``epochs_to_threshold``. Returns one row per triple with the chosen
-    lr, the value's mean and 95 % CI over seeds there (``estimate``, ``ci_low``, ``ci_high``) and the mean
-    epochs to threshold with its CI (``epochs``, ``epochs_low``, ``epochs_high``; inf = some seed never did).
+    The rate with the best mean ``value`` over the tuning seeds wins; a diverged run counts as the worst value
+    (a rate where some seeds blow up is not "best"); ties go to the rate that reached the accuracy threshold in
+    fewer mean epochs. ``tuning=None``: :func:`split_seeds`. The returned ``estimate``/``ci_*`` (``value``)
+    and ``epochs``/``epochs_*`` (mean epochs to threshold over the seeds that reached it, ``reached``) are on
+    the evaluation seeds only: the seeds that chose the rate do not grade it.
     """
+    if tuning is None:
+        tuning, evaluation = split_seeds(summary["seed"])
+    else:
+        evaluation = sorted(set(summary["seed"]) - set(tuning)) or list(tuning)
     worst = -np.inf if higher_is_better else np.inf
     speed = summary["epochs_to_threshold"] if "epochs_to_threshold" in summary else pd.Series(0.0, summary.index)
     scored = summary.assign(_score=summary[value].fillna(worst), _speed=speed.fillna(np.inf))
     rows = []
     for key, g in scored.groupby(KEYS, sort=False):
-        by_lr = g.groupby("lr").agg(score=("_score", "mean"), speed=("_speed", "mean"))
+        tune = g[g["seed"].isin(tuning)]
+        by_lr = tune.groupby("lr").agg(score=("_score", "mean"), speed=("_speed", "mean"))
         by_lr = by_lr.sort_values(["score", "speed"], ascending=[not higher_is_better, True])
         lr = float(by_lr.index[0])
-        at = g[g["lr"] == lr]
-        est, lo, hi = bootstrap_ci(at[value].to_numpy())
-        ep, ep_lo, ep_hi = bootstrap_ci(at["_speed"].to_numpy())
+        at = g[(g["lr"] == lr) & g["seed"].isin(evaluation)]
+        acc = bootstrap_ci(at[value].to_numpy(dtype=float))
+        ep = at["_speed"].to_numpy(dtype=float)
+        eps = bootstrap_ci(ep[np.isfinite(ep)])
         rows.append(
             {
                 **dict(zip(KEYS, key)),
                 "pairing": g["pairing"].iloc[0],
                 "best_lr": lr,
                 "runs": len(at),
-                "diverged_at_best": int((at["outcome"] != "completed").sum()),
-                "estimate": est,
-                "ci_low": lo,
-                "ci_high": hi,
-                "epochs": ep,
-                "epochs_low": ep_lo,
-                "epochs_high": ep_hi,
+                "stopped_at_best": int((at["outcome"] != "completed").sum()),
+                "estimate": acc.estimate,
+                "ci_low": acc.low,
+                "ci_high": acc.high,
+                "epochs": eps.estimate if eps.n else math.inf,
+                "epochs_low": eps.low,
+                "epochs_high": eps.high,
+                "reached": f"{int(np.isfinite(ep).sum())}/{len(ep)}",
+                "ci": acc,
+                "epochs_ci": eps,
             }
         )
     return pd.DataFrame(rows)
@@ -123,14 +390,16 @@ def at_best_lr(frame: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     return frame.merge(chosen, on=[*KEYS, "lr"], how="inner")
 
 
-def format_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
-    """``0.95 [0.90, 1.00]``; inf shows as ∞ (never reached), NaN as "n/a"."""
-
-    def f(v: float) -> str:
-        if math.isnan(v):
-            return "n/a"
-        if math.isinf(v):
-            return "∞"
-        return f"{v:.{digits}g}"
-
-    return f"{f(est)} [{f(lo)}, {f(hi)}]"
+def paired_values(
+    summary: pd.DataFrame, value: str, loss: str, activation: str, rule: str, lr: float | None = None,
+    seeds: Sequence[int] | None = None,
+) -> pd.Series:  # fmt: skip
+    """``value`` of one triple indexed by seed, at one learning rate (``lr``; None: the study must have one)."""
+    part = summary[(summary["loss"] == loss) & (summary["activation"] == activation) & (summary["delta"] == rule)]
+    if lr is not None:
+        part = part[np.isclose(part["lr"], lr)]
+    elif part["lr"].nunique() > 1:
+        raise ValueError(f"{loss}-{activation}-{rule} ran at several rates: pass lr (nothing pools across rates)")
+    if seeds is not None:
+        part = part[part["seed"].isin(seeds)]
+    return part.drop_duplicates("seed").set_index("seed")[value].astype(float)

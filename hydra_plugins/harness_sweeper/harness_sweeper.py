@@ -4,8 +4,11 @@ Before launching a batch, ``BasicSweeper`` composes the config of every job in i
 process and one after the other, only to catch composition errors early; the launcher then composes each
 job again to run it. At ≈ 0.1 s per composition that is 3.6 s before the first job of a 36-job grid and
 75 s for the 756 jobs of ``lr_fairness``. The harness's sweep callback (``harness.sweep.SweepCallback``)
-already composes the config once per swept value and validates it (a bad value stops the sweep before any
-job or run exists), so this sweeper skips the second check. Everything else is ``BasicSweeper``'s:
+already composes the config once per swept value and checks every combination of values with the
+cross-key rules (``harness.sweep_check``; a bad sweep stops before any job or run exists), so this sweeper
+skips the second check. The check stays in the callback, not here: it runs before the parent run is
+created and for any sweeper, and its ``SystemExit`` is the one exception Hydra does not turn into a warning.
+Everything else is ``BasicSweeper``'s:
 ``hydra.sweeper.params``, ``max_batch_size``, the order of jobs. ``hydra/sweeper=basic`` restores it.
 
 It lives in ``hydra_plugins`` because Hydra instantiates sweepers only from that package (and has no
@@ -31,4 +34,4 @@ class HarnessSweeper(BasicSweeper):
     """``BasicSweeper`` whose batch check is the sweep callback's validation of every swept value."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Nothing to do: ``SweepCallback.on_multirun_start`` validated every swept value already."""
+        """Nothing to do: ``SweepCallback.on_multirun_start`` checked every job of the sweep already."""

@@ -1,4 +1,5 @@
-"""Replicas: replica r of a stack is the single run with its seed and learning rate, to 1e-12."""
+"""Replicas: replica r of a stack is the single run with its seed and learning rate, to 1e-12: every logged
+metric (both cosines included), the outcome, the epochs run and the undefined epochs, and the weights."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def _compare(data, loss, activation, delta, hidden, seeds, lrs, *, epochs, batch
         ref = train(single, data, lo, rule, epochs=epochs, lr=lr, batch_size=batch_size, rng=shuffle_rng(cfg),
                     eval_every=eval_every, progress=False)  # fmt: skip
         got = results[r]
-        assert (got.outcome, got.epochs_run, got.epochs) == (ref.outcome, ref.epochs_run, ref.epochs), f"replica {r}"
+        assert (got.outcome, got.epochs_run, got.undefined_epochs, got.epochs) == (
+            ref.outcome, ref.epochs_run, ref.undefined_epochs, ref.epochs
+        ), f"replica {r}"  # fmt: skip
         assert [list(h) for h in got.history] == [list(h) for h in ref.history]  # same metrics, same order
         for name in ref.history[0]:
             np.testing.assert_allclose(
@@ -82,17 +85,29 @@ def test_initial_weights_are_build_models_for_each_seed():
         ("bce", "sigmoid", "ng", "sigmoid", [2.0, 0.7, 3.5, 5.0, 1e6], "undefined"),
         ("mse", "identity", "nielsen", "sigmoid", [0.5, 0.1, 1e3, 0.3], "diverged"),
         ("mse", "tanh", "chain", "sigmoid", [1.0, 0.2, 3.0], None),
-        ("cce", "softmax", "chain", "tanh", [1.0, 0.3, 1e4], "undefined"),
+        ("cce", "softmax", "chain", "tanh", [1.0, 0.3, 1e4], "diverged"),  # the chain δ's −y/a overflows
         ("mse", "sigmoid", "nielsen", "relu", [2.0, 8.0, 0.5], None),
+        ("bce", "tanh", "nielsen", "sigmoid", [0.5, 2.0, 0.1], "undefined"),  # tanh outputs < 0 leave BCE's log
+        ("matching", "tanh", "ng", "sigmoid", [0.5, 2.0, 0.1], None),  # bound by Loss.for_activation
+        ("matching", "softmax", "nielsen", "tanh", [1.0, 3.0], None),
     ],
 )
 def test_xor_replicas_are_single_runs(loss, activation, delta, hidden_activation, lrs, stopped):
     seeds = list(range(len(lrs)))
     results = _compare(load("xor"), loss, activation, delta, [4], seeds, lrs, epochs=300, batch_size=4,
                        hidden_activation=hidden_activation)  # fmt: skip
-    if stopped is not None:  # a replica stopped early, and the others went on
-        assert any(r.outcome == stopped and r.epochs_run < 300 for r in results)
-        assert any(r.outcome == "completed" and r.epochs_run == 300 for r in results)
+    _check_outcomes(results, stopped, epochs=300)
+
+
+def _check_outcomes(results, expected, *, epochs):
+    """``diverged``: a replica stopped early and the others went on; ``undefined``: a replica had undefined
+    epochs and trained to the end, as did the others."""
+    if expected == "diverged":
+        assert any(r.outcome == "diverged" and r.epochs_run < epochs for r in results)
+    elif expected == "undefined":
+        assert any(r.undefined_epochs > 0 and r.epochs_run == epochs for r in results)
+    if expected is not None:
+        assert any(r.outcome == "completed" and r.epochs_run == epochs for r in results)
 
 
 def test_xor_replicas_without_biases_and_with_sparse_evaluation():
@@ -113,9 +128,7 @@ def test_mnist_minibatch_replicas_are_single_runs(loss, activation, delta, lrs, 
     data = _mnist_subset(505, 100)
     seeds = [11, 3, 8]
     results = _compare(data, loss, activation, delta, [30], seeds, lrs, epochs=3, batch_size=10)
-    if stopped is not None:
-        assert any(r.outcome == stopped for r in results)
-        assert any(r.outcome == "completed" and r.epochs_run == 3 for r in results)
+    _check_outcomes(results, stopped, epochs=3)
 
 
 def test_float32_replicas_are_single_runs():

@@ -25,11 +25,12 @@ along a leading *replica axis* pays that overhead once per step for all of them.
   activations and rules in :mod:`harness.core` work on any leading axes (softmax normalises and the losses sum
   over the last axis only).
 - Metrics are evaluated per replica in one batched pass over the training (and test) set, with the
-  single run's definitions (:func:`harness.nn.train.evaluate`); stop rules are the single run's
-  (:func:`harness.nn.train.train`): a replica whose weights or outputs become non-finite stops as
-  ``diverged``, one whose outputs leave the loss's domain as ``undefined``, at the first evaluated epoch where
-  it happens; the others go on. A stopped replica is dropped from the stack (its weights are kept as they
-  were when it stopped), so the survivors' steps cost no more than a stack of the survivors.
+  single run's definitions (:func:`harness.nn.train.evaluate`: ``grad_cosine`` in parameter space, both δs
+  backpropagated together, ``delta_cosine`` at the output); outcomes are the single run's
+  (:func:`harness.nn.train.train`): a replica whose weights, outputs or rule δ become non-finite stops as
+  ``diverged`` at the first evaluated epoch where it happens, and is dropped from the stack (its weights
+  kept as they were), so the survivors' steps cost no more than a stack of the survivors; an epoch whose
+  loss is undefined counts in the replica's ``undefined_epochs``, which trains on.
 
 ``tests/test_replicas.py`` checks replica r against ``harness.nn.train.train`` with its seed and rate to 1e-12
 (weights and every logged metric) on XOR and MNIST minibatch 10 with a diverging replica among them;
@@ -40,6 +41,7 @@ same replicas) and one network's GEMM-only floor.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -48,7 +50,7 @@ from scipy.linalg.blas import get_blas_funcs
 from harness.core.activations import Activation
 from harness.core.deltas import DELTA_RULES, DeltaRule
 from harness.core.losses import Loss
-from harness.names import GRAD_COSINE, TEST_ACCURACY, TEST_LOSS, TRAIN_ACCURACY, TRAIN_LOSS
+from harness.names import DELTA_COSINE, GRAD_COSINE, TEST_ACCURACY, TEST_LOSS, TRAIN_ACCURACY, TRAIN_LOSS
 from harness.nn.data import Dataset
 from harness.nn.model import MLP
 from harness.nn.train import TrainResult
@@ -207,10 +209,17 @@ class ReplicaMLP:
 
     def forward(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """Forward pass of every replica; ``x`` is (R, n, d), or (n, d) shared by all. Returns zˡ and aᴸ."""
-        zs = []
+        _, zs, a = self.forward_cache(x)
+        return zs, a
+
+    def forward_cache(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """:meth:`forward`, and the input of every layer (with its ones column when the net has biases):
+        ``inputs[0]`` is x (augmented), ``inputs[l]`` the activations aˡ of the hidden layer below layer l + 1."""
+        inputs, zs = [], []
         a = self.augment(x) if x.shape[-1] == self.sizes[0] else x
         last = len(self.params) - 1
         for i, p in enumerate(self.params):
+            inputs.append(a)
             z = np.matmul(a, p)
             zs.append(z)
             if i == last:
@@ -219,7 +228,7 @@ class ReplicaMLP:
                 out = np.ones((*z.shape[:-1], z.shape[-1] + int(self.use_bias)), z.dtype)
                 self.hidden.value(z, out=out[..., : z.shape[-1]])
                 a = out
-        return zs, a
+        return inputs, zs, a
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)[1]
@@ -340,27 +349,72 @@ def _cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _loss_or_nan(loss: Loss, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per replica: the mean loss, or NaN where the replica's outputs leave the loss's domain."""
+    """Per replica: :func:`harness.nn.train._loss_or_nan`, the mean loss, NaN where the replica's outputs
+    leave the loss's domain, +∞ where it is defined but overflows (∞ − ∞)."""
     means = np.mean(loss.value(a, y), axis=-1)
     if not loss.defined(a, y):  # one check for the whole stack; per replica only when something is outside
         undefined = np.array([not loss.defined(a[r], y) for r in range(len(a))])
-        means[undefined] = np.nan
+    else:
+        undefined = np.zeros(len(a), dtype=bool)
+    overflow = np.isnan(means) & ~undefined
+    means[undefined] = np.nan
+    means[overflow] = np.inf
     return means
 
 
-def evaluate_replicas(
-    model: ReplicaMLP, data: Dataset, loss: Loss, rule: DeltaRule
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The five epoch metrics of every replica as (R,) arrays, and the training-set outputs aᴸ (R, n, k).
+def _all_finite(x: np.ndarray) -> np.ndarray:
+    """(R,) bool: every entry of x[r] is finite."""
+    return np.logical_and.reduce(np.isfinite(x).reshape(len(x), -1), axis=1)
 
-    The definitions of :func:`harness.nn.train.evaluate`, in one batched pass: the test pass is skipped when
-    the test set *is* the training set (XOR), and the chain-rule δ is reused when the rule is the chain rule.
+
+def _parameter_cosine(model: ReplicaMLP, inputs: list[np.ndarray], used: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per replica: :func:`harness.nn.train._parameter_cosine`, cos ∠(g_rule, g_true) over all weights and
+    biases, both backpropagated together as (R, 2, n, k). Each layer's (W; b) gradient is one product with
+    its input's ones column; the inner products come from one 2 × 2 Gram matrix per replica."""
+    delta = np.stack([used, true], axis=1)  # (R, 2, n, k)
+    r = len(delta)
+    gram = np.zeros((r, 2, 2), dtype=delta.dtype)
+    for i in range(len(model.params) - 1, -1, -1):
+        below = inputs[i]  # (n, d') shared, or (R, n, d')
+        below_t = np.swapaxes(below, -1, -2)
+        if below.ndim == 3:
+            below_t = below_t[:, None]  # (R, 1, d', n): one product per replica and δ
+        g = np.matmul(below_t, delta).reshape(r, 2, -1)  # (aˡ⁻¹, 1)ᵀ δˡ, each flattened
+        gram += np.matmul(g, np.swapaxes(g, 1, 2))
+        if i > 0:
+            delta = np.matmul(delta, model._wt[i][:, None])  # BP2 with Wˡ (the bias row left out)
+            act = below[..., : below.shape[-1] - int(model.use_bias)]
+            delta *= model.hidden.derivative_from_value(act, np.empty_like(act))[:, None]
+    rule_sq, dot, true_sq = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    zero = (rule_sq == 0.0) | (true_sq == 0.0)
+    with np.errstate(all="ignore"):
+        cos = dot / np.sqrt(rule_sq * true_sq)
+    return np.where(zero, np.where(rule_sq == true_sq, 1.0, 0.0), cos)
+
+
+@dataclass
+class ReplicaEvaluation:
+    """One evaluated epoch of every replica: :class:`harness.nn.train.Evaluation` with a replica axis."""
+
+    metrics: dict[str, np.ndarray]  # each (R,)
+    outputs: np.ndarray  # aᴸ on the training set, (R, n, k)
+    finite: np.ndarray  # (R,) the rule's δᴸ on the training set is finite, and so is the loss where defined
+    undefined: np.ndarray  # (R,) the loss is undefined on the training or the test outputs
+
+
+def evaluate_replicas(model: ReplicaMLP, data: Dataset, loss: Loss, rule: DeltaRule) -> ReplicaEvaluation:
+    """The six epoch metrics of every replica as (R,) arrays, and what the outcome check needs.
+
+    The definitions of :func:`harness.nn.train.evaluate` (``loss`` bound to the output activation), in one
+    batched pass: the test pass is skipped when the test set *is* the training set (XOR), and the chain-rule δ
+    is reused when the rule is the chain rule.
     """
-    zs, a = model.forward(data.x_train)
+    inputs, zs, a = model.forward_cache(data.x_train)
     z, y = zs[-1], data.y_train
     chain = DELTA_RULES["chain"]
+    is_chain = rule is chain
     true = chain.delta(loss, model.output, z, a, y)
-    used = true if rule is chain else rule.delta(loss, model.output, z, a, y)
+    used = true if is_chain else rule.delta(loss, model.output, z, a, y)
     same = data.x_test is data.x_train and data.y_test is data.y_train
     train_loss, train_accuracy = _loss_or_nan(loss, a, y), _accuracy(a, y)
     if same:
@@ -368,35 +422,35 @@ def evaluate_replicas(
     else:
         a_test = model.predict(data.x_test)
         test_loss, test_accuracy = _loss_or_nan(loss, a_test, data.y_test), _accuracy(a_test, data.y_test)
-    true_finite = np.logical_and.reduce(np.isfinite(true).reshape(len(true), -1), axis=1)
-    cosines = np.where(true_finite, _cosine(used, true), np.nan)
+    true_finite = _all_finite(true)
+    used_finite = true_finite if is_chain else _all_finite(used)
+    finite = true_finite & used_finite
+    nan = np.full(len(a), np.nan)
+    if not finite.any():
+        grad_cos, delta_cos = nan, nan
+    elif is_chain:
+        grad_cos, delta_cos = np.where(finite, 1.0, np.nan), np.where(finite, _cosine(used, true), np.nan)
+    else:
+        grad_cos = np.where(finite, _parameter_cosine(model, inputs, used, true), np.nan)
+        delta_cos = np.where(finite, _cosine(used, true), np.nan)
     metrics = {
         TRAIN_LOSS: train_loss,
         TRAIN_ACCURACY: train_accuracy,
         TEST_LOSS: test_loss,
         TEST_ACCURACY: test_accuracy,
-        GRAD_COSINE: cosines,
+        GRAD_COSINE: grad_cos,
+        DELTA_COSINE: delta_cos,
     }
-    return metrics, a
+    overflow = np.isinf(train_loss) | np.isinf(test_loss)
+    undefined = np.isnan(train_loss) | np.isnan(test_loss)
+    return ReplicaEvaluation(metrics, a, used_finite & ~overflow, undefined)
 
 
-def _outcomes(model: ReplicaMLP, a: np.ndarray, y: np.ndarray, loss: Loss, train_loss: np.ndarray) -> list[str | None]:
-    """Per replica: :func:`harness.nn.train._outcome` (``diverged`` / ``undefined`` / None)."""
-    finite = model.finite() & np.logical_and.reduce(np.isfinite(a).reshape(len(a), -1), axis=1)
-    fine = finite & np.isfinite(train_loss)  # a finite loss implies it was defined: the common case, in one pass
-    if fine.all():
-        return [None] * len(a)
-    out: list[str | None] = []
-    for r in range(len(a)):
-        if fine[r]:
-            out.append(None)
-        elif not finite[r]:
-            out.append("diverged")
-        elif not loss.defined(a[r], y):
-            out.append("undefined")
-        else:
-            out.append("diverged")
-    return out
+def _outcomes(model: ReplicaMLP, ev: ReplicaEvaluation) -> list[str]:
+    """Per replica: :func:`harness.nn.train._outcome` (``diverged`` / ``undefined`` / ``completed``)."""
+    ok = ev.finite & _all_finite(ev.outputs) & model.finite()
+    undefined = ev.undefined.tolist()
+    return ["diverged" if not k else "undefined" if u else "completed" for k, u in zip(ok.tolist(), undefined)]
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -424,7 +478,7 @@ def sgd_epoch_replicas(
     """
     x_all, y_all = model.augment(data.x_train), data.y_train  # minibatches gathered with their ones column
     n = len(x_all)
-    output_error = partial(rule.delta, loss, model.output)
+    output_error = partial(rule.delta, loss.for_activation(model.output), model.output)
     lrs = np.asarray(lrs, dtype=np.float64)  # steps as a single run's Python floats; cast to the data's dtype
     if batch_size >= n:
         model.sgd_step(x_all, y_all, output_error, lrs / n if reduction == "mean" else lrs)
@@ -466,10 +520,12 @@ def train_replicas(
 
     Replica r is :func:`harness.nn.train.train` of its own network with ``lr=lrs[r]`` and
     ``rng=rngs[r]`` (by default ``replica_rngs(seeds)``). Epoch 0, every ``eval_every``-th epoch and the last
-    are evaluated for every replica still training, checked for divergence and passed to
-    ``on_epoch(replica, epoch, metrics)``. A replica that stops (``diverged`` / ``undefined``) is dropped from
-    the stack; ``model`` ends with every replica's last weights (a stopped one's as they were when it stopped).
+    are evaluated for every replica still training, passed to ``on_epoch(replica, epoch, metrics)`` and
+    checked as ``train`` checks them: a replica that diverges is dropped from the stack (its outcome
+    ``diverged``); an undefined loss only counts in its ``undefined_epochs``, and the replica trains on.
+    ``model`` ends with every replica's last weights (a diverged one's as they were when it stopped).
     """
+    loss = loss.for_activation(model.output)
     r_all = model.n_replicas
     lrs = np.broadcast_to(np.asarray(lrs, dtype=np.float64), (r_all,)).copy()
     if rngs is None:
@@ -490,20 +546,21 @@ def train_replicas(
                     results[r].epochs_run = epoch
                 if epoch % eval_every and epoch != epochs:
                     continue
-            metrics, a = evaluate_replicas(active, data, loss, rule)
-            names = list(metrics)
-            for r, values in zip(ids.tolist(), zip(*(v.tolist() for v in metrics.values()))):
+            ev = evaluate_replicas(active, data, loss, rule)
+            names = list(ev.metrics)
+            outcomes = _outcomes(active, ev)
+            rows = zip(ids.tolist(), outcomes, zip(*(v.tolist() for v in ev.metrics.values())))
+            for r, outcome, values in rows:
                 entry = dict(zip(names, values))
-                results[r].history.append(entry)
-                results[r].epochs.append(epoch)
+                result = results[r]
+                result.history.append(entry)
+                result.epochs.append(epoch)
                 if on_epoch is not None:
                     on_epoch(r, epoch, entry)
-            stops = _outcomes(active, a, data.y_train, loss, metrics[TRAIN_LOSS])
-            if any(s is not None for s in stops):
-                keep = [row for row, s in enumerate(stops) if s is None]
-                for row, s in enumerate(stops):
-                    if s is not None:
-                        results[ids[row]].outcome = s
+                result.outcome = outcome
+                result.undefined_epochs += outcome == "undefined"
+            if "diverged" in outcomes:
+                keep = [row for row, s in enumerate(outcomes) if s != "diverged"]
                 model.assign(ids, active)  # the stopped replicas' weights as they are now
                 ids = ids[keep]
                 active_rngs = [active_rngs[row] for row in keep]

@@ -53,7 +53,7 @@ from harness.core.losses import Loss
 from harness.names import DELTA_COSINE, GRAD_COSINE, TEST_ACCURACY, TEST_LOSS, TRAIN_ACCURACY, TRAIN_LOSS
 from harness.nn.data import Dataset
 from harness.nn.model import MLP
-from harness.nn.train import TrainResult
+from harness.nn.train import TrainResult, _progress
 
 # Layers with at least this many parameters per replica take their update in BLAS (see _update_in_blas); smaller
 # ones (XOR's) compute every replica's gradient in one np.matmul and subtract it in one pass, since a BLAS call
@@ -515,6 +515,7 @@ def train_replicas(
     reduction: str = "mean",
     eval_every: int = 1,
     on_epoch: ReplicaHook | None = None,
+    progress: bool | None = False,
 ) -> list[TrainResult]:
     """Train every replica for ``epochs`` epochs; one :class:`TrainResult` per replica, as ``train`` gives.
 
@@ -524,6 +525,7 @@ def train_replicas(
     checked as ``train`` checks them: a replica that diverges is dropped from the stack (its outcome
     ``diverged``); an undefined loss only counts in its ``undefined_epochs``, and the replica trains on.
     ``model`` ends with every replica's last weights (a diverged one's as they were when it stopped).
+    ``progress``: a bar of epochs as ``train`` shows it (None: only on a terminal).
     """
     loss = loss.for_activation(model.output)
     r_all = model.n_replicas
@@ -538,12 +540,14 @@ def train_replicas(
     ids = np.arange(r_all)  # original index of each row of the active stack
     active = model.select(ids)
     active_rngs = list(rngs)
+    bar = _progress(epochs, progress)
     with np.errstate(all="ignore"):  # non-finite values are detected and reported below, not warned
         for epoch in range(epochs + 1):
             if epoch > 0:
                 sgd_epoch_replicas(active, data, loss, rule, lrs[ids], batch_size, active_rngs, reduction)
                 for r in ids:
                     results[r].epochs_run = epoch
+                bar.update(1)
                 if epoch % eval_every and epoch != epochs:
                     continue
             ev = evaluate_replicas(active, data, loss, rule)
@@ -559,6 +563,8 @@ def train_replicas(
                     on_epoch(r, epoch, entry)
                 result.outcome = outcome
                 result.undefined_epochs += outcome == "undefined"
+            if not bar.disable:  # the last replica's numbers (R = 1: the run's, as ``train`` shows them)
+                bar.set_postfix(loss=f"{entry[TRAIN_LOSS]:.4g}", acc=f"{entry[TEST_ACCURACY]:.3f}")
             if "diverged" in outcomes:
                 keep = [row for row, s in enumerate(outcomes) if s != "diverged"]
                 model.assign(ids, active)  # the stopped replicas' weights as they are now
@@ -567,6 +573,7 @@ def train_replicas(
                 if not len(ids):
                     break
                 active = active.select(keep)
+    bar.close()
     if len(ids):
         model.assign(ids, active)
     return results

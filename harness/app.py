@@ -103,6 +103,7 @@ def run_replicas(
     """
     from harness.fold import strip
     from harness.tracking import Run, config_hash, resolve_uri
+    from harness.tracking.run import RunGroup
 
     cfgs = [strip(c) for c in cfgs]
     tags = list(tags) if tags is not None else [{} for _ in cfgs]
@@ -118,6 +119,7 @@ def run_replicas(
         common[TAGS_TAG] = ",".join(cfg.tags)
     uri = resolve_uri(cfg.tracking.uri, cwd)
     runs: list[Any] = []
+    group = RunGroup(runs)
     status, outcomes = "FAILED", [{OUTCOME_TAG: "failed"} for _ in cfgs]
     try:
         for c, extra in zip(cfgs, tags):
@@ -127,16 +129,17 @@ def run_replicas(
                           fast_path=c.tracking.fast_path)
             )  # fmt: skip
         freeze_startup_objects()
+        group.log_params([flat_params(c) for c in cfgs])
         dataset = mlflow_dataset(data.name)
         for c, run in zip(cfgs, runs):
-            run.log_params(flat_params(c))
             run.log_text(OmegaConf.to_yaml(c, resolve=True), "config.yaml")
             run.log_input(dataset)
         results = train_replicas(
             model, data, loss, rule,
             epochs=cfg.train.epochs, lrs=[c.train.lr for c in cfgs], batch_size=cfg.train.batch_size,
             seeds=[c.seed for c in cfgs], reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
-            on_epoch=lambda r, epoch, m: runs[r].log_metrics(m, step=epoch), progress=None if len(cfgs) == 1 else False,
+            on_epoch=lambda r, epoch, m: group.log_metrics(r, m, step=epoch),
+            progress=None if len(cfgs) == 1 else False,
         )  # fmt: skip
         status, outcomes = "FINISHED", [outcome_tags(result) for result in results]
         return [{**result.final, "outcome": result.outcome, "run_id": run.run_id} for result, run in zip(results, runs)]
@@ -149,20 +152,7 @@ def run_replicas(
             _best_effort(run.log_text, text, "traceback.txt")
         raise
     finally:
-        _end_all(runs, status, outcomes)
-
-
-def _end_all(runs: list[Any], status: str, outcomes: list[dict[str, str]]) -> None:
-    """End every run (the last metrics and the outcome tags in one transaction each); an error ending one
-    does not leave the others RUNNING: the first is raised after all were tried."""
-    error: BaseException | None = None
-    for run, outcome in zip(runs, outcomes):
-        try:
-            run.end(status, tags=outcome)
-        except BaseException as err:  # noqa: BLE001
-            error = error or err
-    if error is not None:
-        raise error
+        group.end(status, outcomes)  # the last metrics and the outcome tags: one transaction for all runs
 
 
 def _check_replicas(cfgs: Sequence[DictConfig]) -> None:

@@ -10,6 +10,7 @@ import gc
 import math
 import sys
 import traceback
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from harness.names import (
 )
 from harness.nn.data import ACCURACY_THRESHOLDS, Dataset, load
 from harness.nn.model import MLP
-from harness.nn.train import TrainResult, as_dtype, train
+from harness.nn.replicas import ReplicaMLP, train_replicas
+from harness.nn.train import TrainResult, as_dtype
 
 
 def run_name(cfg: Any, with_lr: bool = False) -> str:
@@ -106,46 +108,100 @@ def run_job(
     name: str | None = None,
 ) -> dict[str, Any]:
     """Validate ``cfg``, train, and log one MLflow run named ``name`` (default :func:`run_name`), with extra
-    ``tags`` (e.g. the sweep's job number); returns the final metrics, outcome and run id."""
-    from harness.tracking import Run, config_hash, resolve_uri
+    ``tags`` (e.g. the sweep's job number); returns the final metrics, outcome and run id.
+    :func:`run_replicas` with R = 1."""
+    names = [name] if name else None
+    return run_replicas([cfg], parent_run_id=parent_run_id, cwd=cwd, tags=[tags or {}], names=names)[0]
 
-    validate(cfg)
+
+def run_replicas(
+    cfgs: Sequence[DictConfig],
+    *,
+    parent_run_id: str | None = None,
+    cwd: str | None = None,
+    tags: Sequence[dict[str, str]] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Validate each config, train them together as replicas, log one MLflow run each (with its extra
+    ``tags[r]``, named ``names[r]``, default :func:`run_name`); returns each replica's final metrics, outcome
+    and run id.
+
+    The configs must differ at most in ``seed`` and ``train.lr`` (``harness.fold``). Each run is what
+    ``run_job`` of its config alone logs: params, tags, config hash, name, metric histories (the stack's
+    numbers are the single run's to rounding, ``tests/test_replicas.py``). On an exception every run ends
+    FAILED (with ``traceback.txt``), on Ctrl-C KILLED.
+    """
+    from harness.fold import strip
+    from harness.tracking import Run, config_hash, resolve_uri
+    from harness.tracking.run import RunGroup
+
+    cfgs = [strip(c) for c in cfgs]
+    tags = list(tags) if tags is not None else [{} for _ in cfgs]
+    for c in cfgs:
+        validate(c)
+    _check_replicas(cfgs)
+    cfg = cfgs[0]
     data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
-    model = build_model(cfg, data)
+    model = ReplicaMLP.stack([build_model(c, data) for c in cfgs])
     loss, rule = LOSSES[cfg.loss.name].for_activation(model.output), DELTA_RULES[cfg.delta.name]
-    tags = {
-        **(tags or {}),
-        PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name),
-        HASH_TAG: config_hash(OmegaConf.to_container(cfg, resolve=True)),
-    }
+    common = {PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
     if cfg.get("tags"):
-        tags[TAGS_TAG] = ",".join(cfg.tags)
+        common[TAGS_TAG] = ",".join(cfg.tags)
     uri = resolve_uri(cfg.tracking.uri, cwd)
-    name = name or run_name(cfg)
-    run = Run.start(uri, cfg.tracking.experiment, name, tags, parent_run_id, fast_path=cfg.tracking.fast_path)
-    freeze_startup_objects()
-    status, outcome = "FAILED", {OUTCOME_TAG: "failed"}
+    names = list(names) if names is not None else [run_name(c) for c in cfgs]
+    runs: list[Any] = []
+    group = RunGroup(runs)
+    status, outcomes = "FAILED", [{OUTCOME_TAG: "failed"} for _ in cfgs]
     try:
-        run.log_params(flat_params(cfg))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        run.log_input(mlflow_dataset(data.name))
-        result = train(
+        for c, extra, name in zip(cfgs, tags, names):
+            run_tags = {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))}
+            runs.append(
+                Run.start(uri, c.tracking.experiment, name, run_tags, parent_run_id,
+                          fast_path=c.tracking.fast_path)
+            )  # fmt: skip
+        freeze_startup_objects()
+        group.log_params([flat_params(c) for c in cfgs])
+        dataset = mlflow_dataset(data.name)
+        for c, run in zip(cfgs, runs):
+            run.log_text(OmegaConf.to_yaml(c, resolve=True), "config.yaml")
+            run.log_input(dataset)
+        results = train_replicas(
             model, data, loss, rule,
-            epochs=cfg.train.epochs, lr=cfg.train.lr, batch_size=cfg.train.batch_size, rng=shuffle_rng(cfg),
-            reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
-            on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch),
+            epochs=cfg.train.epochs, lrs=[c.train.lr for c in cfgs], batch_size=cfg.train.batch_size,
+            seeds=[c.seed for c in cfgs], reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
+            on_epoch=lambda r, epoch, m: group.log_metrics(r, m, step=epoch),
+            progress=None if len(cfgs) == 1 else False,
         )  # fmt: skip
-        run.log_metrics(summary_metrics(result, ACCURACY_THRESHOLDS.get(data.name)), step=result.epochs[-1])
-        status, outcome = "FINISHED", outcome_tags(result)
-        return {**result.final, "outcome": result.outcome, "run_id": run.run_id}
+        threshold = ACCURACY_THRESHOLDS.get(data.name)
+        for r, result in enumerate(results):
+            group.log_metrics(r, summary_metrics(result, threshold), step=result.epochs[-1])
+        status, outcomes = "FINISHED", [outcome_tags(result) for result in results]
+        return [{**result.final, "outcome": result.outcome, "run_id": run.run_id} for result, run in zip(results, runs)]
     except KeyboardInterrupt:
-        status, outcome = "KILLED", {OUTCOME_TAG: "killed"}
+        status, outcomes = "KILLED", [{OUTCOME_TAG: "killed"} for _ in cfgs]
         raise
     except BaseException:
-        _best_effort(run.log_text, traceback.format_exc(), "traceback.txt")
+        text = traceback.format_exc()
+        for run in runs:
+            _best_effort(run.log_text, text, "traceback.txt")
         raise
     finally:
-        run.end(status, tags=outcome)  # the last metrics and the outcome tags in one transaction
+        group.end(status, outcomes)  # the last metrics and the outcome tags: one transaction for all runs
+
+
+def _check_replicas(cfgs: Sequence[DictConfig]) -> None:
+    """Replicas share everything but ``seed`` and ``train.lr`` (one stack: one architecture, loss, rule)."""
+
+    def rest(c: DictConfig) -> dict[str, Any]:
+        d = OmegaConf.to_container(c, resolve=True)
+        d.pop("seed", None)
+        d["train"].pop("lr", None)
+        return d
+
+    first = rest(cfgs[0])
+    for c in cfgs[1:]:
+        if rest(c) != first:
+            raise ValueError("replicas of one job must differ only in seed and train.lr")
 
 
 @cache

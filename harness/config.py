@@ -81,6 +81,9 @@ class HarnessConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     tags: list[str] = field(default_factory=list)  # free labels, logged as the MLflow tag ``harness.tags``
+    # Set by the sweeper when it folds jobs (harness.fold): the unfolded jobs this job trains as replicas. Each
+    # run's config is the job's without this key, so it is in no run's params, config.yaml or config hash.
+    replicas: list[str] = field(default_factory=list)
 
 
 def register_configs() -> None:

@@ -30,41 +30,73 @@ def sweep_dir(cwd: str, directory: str) -> str:
     return str(Path(cwd, directory).resolve())
 
 
-def job(cfg: DictConfig) -> float:
-    """Hydra task function: one training run; returns the final test accuracy (for optimising sweepers).
+def job(cfg: DictConfig) -> float | list[float]:
+    """Hydra task function: train the job's runs; returns the final test accuracy (for optimising sweepers),
+    one per replica in a list when the sweeper folded several runs into the job (``harness.fold``).
 
-    With ``tracking.resume=true`` a job whose identical config already has a FINISHED run is skipped.
+    With ``tracking.resume=true`` a run whose identical config already has a FINISHED run is skipped (in a
+    folded job, each replica on its own).
     """
-    from harness.app import report_config_error, run_job, run_name
+    from harness.app import report_config_error, run_name, run_replicas
+    from harness.config import validate
+    from harness.fold import unfold
     from harness.tracking import config_hash, find_finished, find_sweep_parent, resolve_uri
 
     hc = HydraConfig.get()
     cwd = hc.runtime.cwd
     uri = resolve_uri(cfg.tracking.uri, cwd)
+    multirun = hc.mode == RunMode.MULTIRUN
+    replicas = unfold(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
+    invalid: list[tuple[Any, ConfigError]] = []  # raised after the valid replicas trained, as separate jobs would
+    for rep in list(replicas):
+        try:
+            validate(rep.cfg)
+        except ConfigError as err:
+            if not multirun:
+                report_config_error(err)
+            invalid.append((rep, err))
+            replicas.remove(rep)
+    accuracies: dict[int, float] = {}
     if cfg.tracking.resume:
-        done = find_finished(uri, cfg.tracking.experiment, config_hash(OmegaConf.to_container(cfg, resolve=True)))
-        if done is not None:
-            print(f"harness: skipped {' '.join(hc.overrides.task)}: already FINISHED as run {done.info.run_id}")
-            return float(done.data.metrics.get("test_accuracy", float("nan")))
-    parent, tags = None, {}
-    if hc.mode == RunMode.MULTIRUN:
-        directory = sweep_dir(cwd, hc.sweep.dir)
-        tags = {JOB_TAG: str(hc.job.num), OVERRIDES_TAG: " ".join(hc.overrides.task)}
-        if _parent.get("sweep_dir") == directory:
-            parent = _parent["run"].run_id
-        else:
-            parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
-    try:
-        with blas_limit(hc):
-            tags[BLAS_TAG] = str(blas_pool_size())
-            name = run_name(cfg, with_lr=hc.mode == RunMode.MULTIRUN and varies_lr(hc.overrides.task))
-            result = run_job(cfg, parent_run_id=parent, cwd=cwd, tags=tags, name=name)
-    except ConfigError as err:
-        if hc.mode == RunMode.MULTIRUN:  # an ordinary exception: every launcher records a failed job
-            raise ConfigError(f"job #{hc.job.num} ({' '.join(hc.overrides.task)}): {err}") from None
-        report_config_error(err)
-    print(summary_line(cfg, result, uri, name))
-    return float(result["test_accuracy"])
+        todo = []
+        for i, rep in enumerate(replicas):
+            digest = config_hash(OmegaConf.to_container(rep.cfg, resolve=True))
+            done = find_finished(uri, rep.cfg.tracking.experiment, digest)
+            if done is None:
+                todo.append(i)
+                continue
+            print(f"harness: skipped {' '.join(rep.overrides)}: already FINISHED as run {done.info.run_id}")
+            accuracies[i] = float(done.data.metrics.get("test_accuracy", float("nan")))
+    else:
+        todo = list(range(len(replicas)))
+    if todo:
+        parent, tags = None, [{} for _ in todo]
+        if multirun:
+            directory = sweep_dir(cwd, hc.sweep.dir)
+            tags = [{JOB_TAG: str(replicas[i].job), OVERRIDES_TAG: " ".join(replicas[i].overrides)} for i in todo]
+            if _parent.get("sweep_dir") == directory:
+                parent = _parent["run"].run_id
+            else:
+                parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
+        cfgs = [replicas[i].cfg for i in todo]
+        try:
+            with blas_limit(hc):
+                for t in tags:
+                    t[BLAS_TAG] = str(blas_pool_size())
+                names = [run_name(replicas[i].cfg, with_lr=multirun and varies_lr(replicas[i].overrides)) for i in todo]
+                results = run_replicas(cfgs, parent_run_id=parent, cwd=cwd, tags=tags, names=names)
+        except ConfigError as err:
+            if multirun:  # an ordinary exception: every launcher records a failed job
+                raise ConfigError(f"job #{hc.job.num} ({' '.join(hc.overrides.task)}): {err}") from None
+            report_config_error(err)
+        for i, c, result, name in zip(todo, cfgs, results, names):
+            print(summary_line(c, result, uri, name))
+            accuracies[i] = float(result["test_accuracy"])
+    if invalid:  # an ordinary exception: every launcher records a failed job
+        rep, err = invalid[0]
+        raise ConfigError(f"job #{rep.job} ({' '.join(rep.overrides)}): {err}")
+    values = [accuracies[i] for i in range(len(replicas))]
+    return values[0] if len(values) == 1 else values
 
 
 def varies_lr(overrides: list[str]) -> bool:

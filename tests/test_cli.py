@@ -12,7 +12,7 @@ from conftest import CONF, harness_env
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from harness.app import run_job
+from harness.app import run_job, run_replicas
 from harness.config import ConfigError, validate
 from harness.names import METRICS
 
@@ -186,37 +186,52 @@ def test_single_run_from_another_directory_and_determinism(tmp_path):
     assert histories[0] == histories[1] and len(histories[0]) == 21
 
 
-def test_a_job_that_raises_is_failed_with_its_traceback(compose_cfg, store, monkeypatch):
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2]], ids=["one-run", "three-replicas"])
+def test_a_job_that_raises_is_failed_with_its_traceback(compose_cfg, store, monkeypatch, seeds):
     import harness.app
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr(harness.app, "train", boom)
-    cfg = compose_cfg(f"tracking.uri={store}", "train.epochs=1")
+    monkeypatch.setattr(harness.app, "train_replicas", boom)
+    cfgs = [compose_cfg(f"tracking.uri={store}", "train.epochs=1", f"seed={s}") for s in seeds]
     with pytest.raises(RuntimeError):
-        run_job(cfg)
+        run_job(cfgs[0]) if len(cfgs) == 1 else run_replicas(cfgs)
     c = MlflowClient(store)
-    (run,) = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
-    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "failed"
-    text = c.download_artifacts(run.info.run_id, "traceback.txt")
-    assert "boom in training" in Path(text).read_text()
+    runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+    assert sorted(int(r.data.params["seed"]) for r in runs) == seeds
+    for run in runs:
+        assert run.info.status == "FAILED" and run.data.tags["outcome"] == "failed"
+        text = c.download_artifacts(run.info.run_id, "traceback.txt")
+        assert "boom in training" in Path(text).read_text()
 
 
-def test_ctrl_c_ends_the_run_killed(compose_cfg, store, monkeypatch):
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2]], ids=["one-run", "three-replicas"])
+def test_ctrl_c_ends_the_run_killed(compose_cfg, store, monkeypatch, seeds):
     import harness.app
 
     def interrupted(*args, on_epoch, **kwargs):
-        on_epoch(0, {"train_loss": 1.0})
+        for r in range(len(seeds)):
+            on_epoch(r, 0, {"train_loss": 1.0 + r})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.app, "train", interrupted)
+    monkeypatch.setattr(harness.app, "train_replicas", interrupted)
+    cfgs = [compose_cfg(f"tracking.uri={store}", f"seed={s}") for s in seeds]
     with pytest.raises(KeyboardInterrupt):
-        run_job(compose_cfg(f"tracking.uri={store}"))
+        run_job(cfgs[0]) if len(cfgs) == 1 else run_replicas(cfgs)
     c = MlflowClient(store)
-    (run,) = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
-    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
-    assert [m.value for m in c.get_metric_history(run.info.run_id, "train_loss")] == [1.0]  # flushed
+    runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
+    assert len(runs) == len(seeds)
+    for run in runs:
+        assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
+        r = int(run.data.params["seed"])
+        assert [m.value for m in c.get_metric_history(run.info.run_id, "train_loss")] == [1.0 + r]  # flushed
+
+
+def test_replicas_must_differ_only_in_seed_and_lr(compose_cfg, store):
+    cfgs = [compose_cfg(f"tracking.uri={store}", f"loss={loss}") for loss in ("bce", "mse")]
+    with pytest.raises(ValueError, match="differ only in seed and train.lr"):
+        run_replicas(cfgs)
 
 
 def test_diverged_run_is_finished_with_outcome(compose_cfg, store):

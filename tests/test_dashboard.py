@@ -187,13 +187,14 @@ def test_save_view_writes_the_experiment_tags(store):
 @pytest.mark.slow
 def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     """An 8-job sweep, its views saved, ``mlflow ui`` over the store: the link shows the four groups
-    (pairing × delta, 2 seeds each) and the chart cards drawn; the table view, the columns; an unknown key, the UI's error."""
+    (pairing × delta, 2 seeds each) and the chart cards drawn; the table view, the columns; an unknown key,
+    the UI's error."""
     assert CHROMIUM.exists(), "the UI test needs Debian's chromium: apt-get install -y chromium (.ci/run does)"
     from mlflow import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    p = subprocess.run(harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "seed=0,1", "train.epochs=300"), cwd=tmp_path,
-                       capture_output=True, text=True, env=harness_env(), timeout=300)  # fmt: skip
+    sweep = harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "seed=0,1", "train.epochs=300")
+    p = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, env=harness_env(), timeout=300)
     assert p.returncode == 0, p.stderr
     (printed,) = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("dashboard: ")]  # the sweep's link
     (tmp_path / "mlflow.db").rename(tmp_path / "server.db")  # MlflowServer serves root/server.db

@@ -53,7 +53,9 @@ def test_reused_joblib_worker_gives_the_numbers_of_separate_processes(tmp_path):
     must equal that of the same config run alone in a fresh process; and jobs run with 1 BLAS thread."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    p = sweep(shared, "loss=bce,mse", "seed=1,2", "train.epochs=40", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    # one job per run (not folded): a worker must run two jobs in turn
+    p = sweep(shared, "loss=bce,mse", "seed=1,2", "train.epochs=40", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+              "hydra.sweeper.fold=[]")  # fmt: skip
     assert p.returncode == 0, p.stderr
     c, runs = runs_of(shared)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -87,7 +89,7 @@ def test_reused_joblib_worker_gives_the_numbers_of_separate_processes(tmp_path):
 def test_eight_parallel_jobs_into_a_fresh_store_lose_nothing(tmp_path):
     epochs = 60
     p = sweep(tmp_path, "seed=0,1,2,3,4,5,6,7", f"train.epochs={epochs}", "hydra/launcher=joblib",
-              "hydra.launcher.n_jobs=8")  # fmt: skip
+              "hydra.launcher.n_jobs=8", "hydra.sweeper.fold=[]")  # fmt: skip
     assert p.returncode == 0, p.stderr
     c, runs = runs_of(tmp_path)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

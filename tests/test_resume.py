@@ -17,7 +17,8 @@ from servers import MlflowServer, harness_cmd, start_harness
 
 FAULTS = Path(__file__).parent / "faults"
 SEEDS = "seed=0,1,2,3,4,5"
-SWEEP = ("-m", "dataset=mnist", SEEDS, "train.epochs=25")  # ≈ 2–4 s per job on a loaded 2-core machine
+# ≈ 2–4 s per job on a loaded 2-core machine; one job per run (tests/test_fold.py resumes folded jobs)
+SWEEP = ("-m", "dataset=mnist", SEEDS, "train.epochs=25", "hydra.sweeper.fold=[]")
 
 
 def client(tmp_path: Path) -> MlflowClient:
@@ -117,7 +118,14 @@ def test_sigint_mid_sweep_ends_every_run_and_resume_completes_it(tmp_path, launc
 @pytest.mark.slow
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     env = {**harness_env(), "PYTHONPATH": str(FAULTS), "HARNESS_FAIL_SEED": "1"}
-    args = ("-m", "seed=0,1,2,3", "train.epochs=30", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    args = (
+        "-m",
+        "seed=0,1,2,3",
+        "train.epochs=30",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.fold=[]",
+    )  # folded, seed 1 would fail the job of all four
     p = subprocess.run(harness_cmd(*args), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode != 0
     runs = all_runs(tmp_path)

@@ -31,7 +31,9 @@ def test_the_harness_sweeper_is_the_default_and_basic_is_one_override_away():
         basic = compose(config_name="config", overrides=["hydra/sweeper=basic"], return_hydra_config=True)
     assert default.hydra.sweeper._target_ == "hydra_plugins.harness_sweeper.harness_sweeper.HarnessSweeper"
     assert basic.hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-    assert default.hydra.sweeper.keys() == basic.hydra.sweeper.keys()  # same options: params, max_batch_size
+    # basic's options (params, max_batch_size), and folding (tests/test_fold.py)
+    assert set(default.hydra.sweeper.keys()) == set(basic.hydra.sweeper.keys()) | {"fold", "max_replicas"}
+    assert list(default.hydra.sweeper.fold) == ["seed", "train.lr"] and default.hydra.sweeper.max_replicas == 30
 
 
 @pytest.mark.parametrize("cls,compositions", [(BasicSweeper, 3), (HarnessSweeper, 0)])

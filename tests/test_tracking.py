@@ -197,3 +197,46 @@ def test_a_run_job_into_an_http_server_uses_log_batch(compose_cfg, tmp_path, mon
         assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "train_loss")) == list(range(301))
     finally:
         server.stop()
+
+
+def test_a_run_group_writes_what_each_run_writes_in_one_transaction_per_flush(store, monkeypatch):
+    """RunGroup (a folded job's R runs): params, every flush and the end are one write_many each, and the
+    runs hold what runs written one by one through log_batch hold (NaN, ±Inf, the latest values)."""
+    from harness.tracking.run import RunGroup
+
+    ensure_experiment(store, "harness")
+    calls = []
+    real = mlflow_sql.write_many
+    monkeypatch.setattr(mlflow_sql, "write_many", lambda s, w: (calls.append(len(w)), real(s, w))[1])
+    values = [1.5, math.nan, math.inf, -math.inf, 0.25]
+
+    def fill(runs, log):
+        for step, v in enumerate(values):
+            for r in range(len(runs)):
+                log(r, {"train_loss": v + r, "test_accuracy": 0.5}, step)
+
+    grouped = [Run.start(store, "harness", f"g{r}") for r in range(3)]
+    group = RunGroup(grouped)
+    group.log_params([{"seed": r} for r in range(3)])
+    fill(grouped, group.log_metrics)
+    group.flush()
+    group.log_metrics(0, {"train_loss": 9.0}, 5)
+    group.end("FINISHED", [{"outcome": f"o{r}"} for r in range(3)])
+    assert calls == [3, 3, 3]  # params, flush, end: one transaction each for all three runs
+    plain = [Run.start(store, "harness", f"p{r}", fast_path=False) for r in range(3)]
+    for r, run in enumerate(plain):
+        run.log_params({"seed": r})
+    fill(plain, lambda r, m, step: plain[r].log_metrics(m, step))
+    plain[0].log_metrics({"train_loss": 9.0}, 5)
+    for r, run in enumerate(plain):
+        run.end("FINISHED", tags={"outcome": f"o{r}"})
+    c = MlflowClient(store)
+    for g, p in zip(grouped, plain):
+        a, b = c.get_run(g.run_id), c.get_run(p.run_id)
+        assert a.info.status == b.info.status == "FINISHED"
+        assert a.data.params == b.data.params and a.data.tags["outcome"] == b.data.tags["outcome"]
+        assert str(a.data.metrics) == str(b.data.metrics)  # latest values, NaN included
+        for m in ("train_loss", "test_accuracy"):
+            ha = [(h.step, h.value) for h in c.get_metric_history(g.run_id, m)]
+            hb = [(h.step, h.value) for h in c.get_metric_history(p.run_id, m)]
+            assert str(sorted(ha)) == str(sorted(hb))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 HISTORY_CHUNK = 100  # run ids per history query (keeps the SQL IN (...) list short)
@@ -74,12 +75,45 @@ def write(
     ``ManagedSessionMaker``, ``_get_run``): mlflow is pinned ``<3.18`` in pyproject.toml and
     tests/test_tracking.py checks the result against ``log_batch`` value by value.
     """
+    write_many(store, [RunWrite(run_id, metrics, tags, status, params)])
+
+
+@dataclass
+class RunWrite:
+    """What :func:`write` writes to one run."""
+
+    run_id: str
+    metrics: list[MetricRow]
+    tags: Mapping[str, str]
+    status: str | None = None
+    params: Mapping[str, str] | None = None
+
+
+def write_many(store: Any, writes: Sequence[RunWrite]) -> None:
+    """:func:`write` for several runs (the replicas of a job) in ONE transaction: one commit (2-15 ms on
+    SQLite) and one bulk insert of every run's metric values instead of one per run. All or nothing: a value
+    already in the table rolls back every run's write (the caller then writes run by run)."""
     import sqlalchemy
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    prepared = [_prepare(store, w) for w in writes]
+    with store.ManagedSessionMaker(read_only=False) as session:
+        runs = [store._get_run(session=session, run_uuid=w.run_id) for w in writes]
+        for run in runs:
+            store._check_run_is_active(run)
+        rows = [row for p in prepared for row in p[0]]
+        if rows:
+            _insert_metrics(session, SqlMetric.__table__, rows)
+        for w, run, p in zip(writes, runs, prepared):
+            _apply(session, store, w, run, *p, sqlalchemy)
+
+
+def _prepare(store: Any, w: RunWrite) -> tuple:
+    """Validate and sanitise one run's write (outside the transaction): its metric rows, the latest value
+    per key, its checked tags and params."""
     from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
 
+    run_id, metrics, tags, params = w.run_id, w.metrics, w.tags, w.params
     rows: list[tuple[str, float, int, int, bool, str]] = []  # in the order of METRIC_COLUMNS
     latest: dict[str, tuple[int, int, float, bool]] = {}  # key -> (step, timestamp, value, is_nan)
     seen: set[tuple[str, int, int, float, bool]] = set()
@@ -97,39 +131,43 @@ def write(
             latest[key] = (step, timestamp, value, is_nan)
     checked_tags = [_validate_tag(k, v) for k, v in tags.items()]
     checked_params = [_validate_param(k, v) for k, v in (params or {}).items()]
-    with store.ManagedSessionMaker(read_only=False) as session:
-        run = store._get_run(session=session, run_uuid=run_id)
-        store._check_run_is_active(run)
-        if checked_params:
-            query = sqlalchemy.select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run_id)
-            existing = {key: value for key, value in session.execute(query)}
-            changed = [
-                {"key": p.key, "old_value": existing[p.key], "new_value": p.value}
-                for p in checked_params
-                if p.key in existing and existing[p.key] != p.value
-            ]
-            if changed:  # MLflow's own words
-                raise MlflowException(
-                    f"Changing param values is not allowed. Params were already logged='{changed}' for run "
-                    f"ID='{run_id}'.",
-                    INVALID_PARAMETER_VALUE,
-                )
-            new = [
-                {"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked_params if p.key not in existing
-            ]
-            if new:
-                session.execute(sqlalchemy.insert(SqlParam.__table__), new)
-        if rows:
-            _insert_metrics(session, SqlMetric.__table__, rows)
-            instances = [
-                SqlMetric(run_uuid=run_id, key=k, step=s, timestamp=t, value=v, is_nan=n)
-                for k, (s, t, v, n) in latest.items()
-            ]
-            store._update_latest_metrics_if_necessary(instances, session)
-        for tag in checked_tags:
-            session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
-        if status is not None:
-            run.status, run.end_time = status, int(time.time() * 1000)
+    return rows, latest, checked_tags, checked_params
+
+
+def _apply(session: Any, store: Any, w: RunWrite, run: Any, rows: list, latest: dict, checked_tags: list,
+           checked_params: list, sqlalchemy: Any) -> None:  # fmt: skip
+    """One run's write inside ``session`` (its run row checked active, its metric rows already inserted)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
+
+    run_id, status = w.run_id, w.status
+    if checked_params:
+        query = sqlalchemy.select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run_id)
+        existing = {key: value for key, value in session.execute(query)}
+        changed = [
+            {"key": p.key, "old_value": existing[p.key], "new_value": p.value}
+            for p in checked_params
+            if p.key in existing and existing[p.key] != p.value
+        ]
+        if changed:  # MLflow's own words
+            raise MlflowException(
+                f"Changing param values is not allowed. Params were already logged='{changed}' for run ID='{run_id}'.",
+                INVALID_PARAMETER_VALUE,
+            )
+        new = [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked_params if p.key not in existing]
+        if new:
+            session.execute(sqlalchemy.insert(SqlParam.__table__), new)
+    if rows:
+        instances = [
+            SqlMetric(run_uuid=run_id, key=k, step=s, timestamp=t, value=v, is_nan=n)
+            for k, (s, t, v, n) in latest.items()
+        ]
+        store._update_latest_metrics_if_necessary(instances, session)
+    for tag in checked_tags:
+        session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+    if status is not None:
+        run.status, run.end_time = status, int(time.time() * 1000)
 
 
 def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]]) -> None:

@@ -17,7 +17,8 @@ from harness.tracking import mlflow_sql
 from harness.tracking.run import client
 
 # Config sections that say where and how a run is recorded or reported, not what it computes.
-NOT_IDENTITY = ("tracking", "hydra", "report", "tags")
+# ``replicas``: the unfolded jobs a folded job trains (harness.fold); each run's own config has none.
+NOT_IDENTITY = ("tracking", "hydra", "report", "tags", "replicas")
 
 
 def find_sweep_parent(uri: str, experiment: str, sweep_dir: str) -> str | None:

@@ -1,0 +1,122 @@
+"""Folding a sweep: jobs that differ only in their seed and learning rate run as one job of replicas.
+
+The sweeper (``hydra_plugins/harness_sweeper``) expands a sweep into jobs as Hydra's basic sweeper does, then
+:func:`fold_jobs` groups the jobs whose overrides differ only in the keys of ``hydra.sweeper.fold`` (default
+``[seed, train.lr]``) into one job, at most ``hydra.sweeper.max_replicas`` of them each. A folded job carries
+its replicas in one config key, ``replicas``: one entry per unfolded job, with that job's number in the
+unfolded sweep, its folded overrides and their positions on its override list. :func:`unfold` turns a job's
+config back into the replicas' own configs and overrides, exactly those of the unfolded jobs (same params,
+tags, config hash and run name), and the job trains them together (``harness.nn.replicas``).
+
+Each entry is a JSON object (``$`` and ``'`` written as JSON escapes, so neither OmegaConf's interpolation
+nor Hydra's quoting sees them) in a Hydra quoted string, e.g.
+``replicas=['{"job": 3, "at": [1], "overrides": ["seed=3"]}', ...]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The keys the replica engine can vary between the networks of one stack.
+FOLDABLE = ("seed", "train.lr")
+REPLICAS_KEY = "replicas"
+
+
+@dataclass
+class Replica:
+    """One unfolded job inside a job: its config (without ``replicas``), overrides and unfolded job number."""
+
+    cfg: Any  # DictConfig
+    overrides: list[str]
+    job: int | None
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def _entry(job: int, at: list[int], overrides: list[str]) -> str:
+    text = json.dumps({"job": job, "at": at, "overrides": overrides})
+    return "'" + text.replace("$", "\\u0024").replace("'", "\\u0027") + "'"
+
+
+def fold_jobs(jobs: Sequence[Sequence[str]], fold: Sequence[str], max_replicas: int) -> list[list[str]]:
+    """The override lists of the folded sweep, from those of the unfolded one (``jobs``, in job order).
+
+    With ``fold`` empty, ``jobs`` unchanged. Otherwise every job, folded or not, carries a ``replicas``
+    override (so each run keeps its unfolded job number): jobs with the same overrides outside ``fold``
+    become one job, in order of their first job, split into jobs of at most ``max_replicas``.
+    """
+    fold = list(fold)
+    bad = [k for k in fold if k not in FOLDABLE]
+    if bad:
+        raise ValueError(
+            f"hydra.sweeper.fold={fold}: only {', '.join(FOLDABLE)} can be folded (replicas share everything "
+            f"else); not {', '.join(bad)}. hydra.sweeper.fold=[] runs one job per run."
+        )
+    if max_replicas < 1:
+        raise ValueError(f"hydra.sweeper.max_replicas={max_replicas} must be ≥ 1.")
+    if not fold:
+        return [list(j) for j in jobs]
+    groups: dict[tuple[str, ...], list[tuple[int, list[int], list[str]]]] = {}
+    for num, overrides in enumerate(jobs):
+        at = [i for i, o in enumerate(overrides) if _key(o) in fold]
+        rest = tuple(o for i, o in enumerate(overrides) if i not in at)
+        groups.setdefault(rest, []).append((num, at, [overrides[i] for i in at]))
+    folded = []
+    for rest, members in groups.items():
+        for start in range(0, len(members), max_replicas):
+            entries = ",".join(_entry(*m) for m in members[start : start + max_replicas])
+            folded.append([*rest, f"{REPLICAS_KEY}=[{entries}]"])
+    return folded
+
+
+def _parse_value(override: str) -> Any:
+    """The value of ``key=value`` as Hydra's override parser reads it (e.g. ``2`` an int, ``0.5`` a float)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(override).value()
+
+
+def strip(cfg: Any) -> Any:
+    """``cfg`` without its ``replicas`` key (a copy): the config of one run, as an unfolded job has it."""
+    from omegaconf import open_dict
+
+    out = copy.deepcopy(cfg)
+    if REPLICAS_KEY in out:
+        with open_dict(out):
+            del out[REPLICAS_KEY]
+    return out
+
+
+def unfold(cfg: Any, overrides: Sequence[str], job: int | None) -> list[Replica]:
+    """The replicas of a job with config ``cfg``, override list ``overrides`` and number ``job``.
+
+    Without ``replicas`` entries, the job itself (R = 1). Otherwise each entry's folded overrides are set on
+    the config (``seed``, ``train.lr``, typed by the schema as Hydra would) and put back at their places in
+    the override list, in place of the ``replicas`` override.
+    """
+    from omegaconf import OmegaConf
+
+    entries = list(cfg.get(REPLICAS_KEY) or [])
+    base = strip(cfg)
+    rest = [o for o in overrides if _key(o).lstrip("+~") != REPLICAS_KEY]
+    if not entries:
+        return [Replica(base, rest, job)]
+    replicas = []
+    for text in entries:
+        entry = json.loads(text)
+        own = copy.deepcopy(base)
+        task = list(rest)
+        for position, override in sorted(zip(entry["at"], entry["overrides"])):
+            key = _key(override)
+            if key not in FOLDABLE:
+                raise ValueError(f"replicas: {override!r} sets {key}; only {', '.join(FOLDABLE)} can vary")
+            OmegaConf.update(own, key, _parse_value(override), merge=False)
+            task.insert(position, override)
+        replicas.append(Replica(own, task, int(entry["job"])))
+    return replicas

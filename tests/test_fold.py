@@ -139,7 +139,7 @@ def test_resume_skips_the_finished_replicas_of_a_folded_job(tmp_path):
     sweep(tmp_path, "loss=bce,mse", "seed=0,1", "train.epochs=5")
     p = sweep(tmp_path, "loss=bce,mse", "seed=0,1,2", "train.epochs=5", "tracking.resume=true")
     assert p.stdout.count("harness: skipped") == 4
-    assert p.stdout.count("harness: bce-sigmoid-ng on xor (seed 2)") == 1
+    assert p.stdout.count("harness: bce-sigmoid-ng-s2 on xor:") == 1
     runs = store_contents(tmp_path / "mlflow.db")
     hashes = [h for h, _ in runs]
     assert len(hashes) == 6 and len(set(hashes)) == 6  # every run once, no duplicates

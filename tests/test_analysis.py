@@ -158,6 +158,15 @@ def test_paired_test_is_the_exact_signed_rank_test_in_the_small_n_regime(n):
     assert stats.min_p(n) == pytest.approx(2 / 2**n)
 
 
+def test_one_pair_gets_the_exact_sign_flip_p_and_no_verdict():
+    # one seed (a shrunk study): the two signs are equally likely, so p = 1 two-sided and 1/2 one-sided
+    c = stats.compare(_seeds([0.9]), _seeds([0.5]), "final_accuracy", ("x", "y"))
+    assert c.n == 1 and c.p == 1.0 and not c.testable
+    assert "no test at this n can reach" in c.verdict()
+    assert stats._signed_rank(np.array([0.3]), "greater") == 0.5
+    assert stats._signed_rank(np.array([0.3]), "less") == 1.0
+
+
 def test_below_six_pairs_there_is_no_verdict_and_no_place_in_the_fdr_family():
     c = stats.compare(_seeds([0.9, 1.0, 0.8, 0.95]), _seeds([0.5, 0.6, 0.4, 0.55]), "final_accuracy", ("x", "y"))
     assert c.p == pytest.approx(0.125) and not c.testable

@@ -147,7 +147,7 @@ def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_pat
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(harness.app, "train", boom)
+    monkeypatch.setattr(harness.app, "train_replicas", boom)
     with pytest.raises(RuntimeError):
         run_job(compose_cfg(*shrink, "seed=2"), parent_run_id=parent)
     harness.sweep.end_parent("FAILED")

@@ -118,6 +118,9 @@ def _signed_rank(d: np.ndarray, alternative: str = "two-sided", seed: int = 0) -
     """
     if not np.any(d != 0):
         return 0.5 if alternative != "two-sided" else 1.0
+    if len(d) == 1:  # one pair, two equally likely signs (scipy's permutation test needs two observations)
+        toward = d[0] > 0 if alternative == "greater" else d[0] < 0
+        return 1.0 if alternative == "two-sided" else (0.5 if toward else 1.0)
     method = stats.PermutationMethod(n_resamples=RESAMPLES, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

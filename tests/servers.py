@@ -123,6 +123,9 @@ class RayHead:
                 "--port", str(self.port), "--num-cpus", str(self.num_cpus), "--include-dashboard", "false",
                 "--disable-usage-stats", "--temp-dir", str(self.temp)]  # fmt: skip
         env = {**os.environ, **self.env}
+        # A head with token auth needs a token (~/.ray/auth_token): on a fresh machine there is none, and
+        # `ray start` refuses to make one. `--generate` makes it only if missing.
+        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, env=env, check=True)
         self.log = open(self.temp / "ray-start.log", "w")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)  # fmt: skip

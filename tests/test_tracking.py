@@ -241,3 +241,29 @@ def test_a_run_group_writes_what_each_run_writes_in_one_transaction_per_flush(st
             ha = [(h.step, h.value) for h in c.get_metric_history(g.run_id, m)]
             hb = [(h.step, h.value) for h in c.get_metric_history(p.run_id, m)]
             assert str(sorted(ha)) == str(sorted(hb))
+
+
+def test_tracking_fast_path_false_never_touches_mlflow_internals_and_logs_the_same(compose_cfg, store, monkeypatch):
+    """``tracking.fast_path=false``: a whole job through MLflow's public API only (writing and reading back),
+    and the store holds what the fast path writes: the same params, tags and metric histories."""
+    fast = run_job(compose_cfg(f"tracking.uri={store}", "tracking.experiment=fast", "train.epochs=15"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("MLflow's SQL internals used with tracking.fast_path=false")
+
+    monkeypatch.setattr(mlflow_sql, "write", forbidden)
+    monkeypatch.setattr(mlflow_sql, "write_many", forbidden)
+    monkeypatch.setattr(mlflow_sql, "history", forbidden)
+    public = run_job(compose_cfg(f"tracking.uri={store}", "tracking.experiment=public", "train.epochs=15",
+                                 "tracking.fast_path=false"))  # fmt: skip
+    c = MlflowClient(store)
+    a, b = c.get_run(fast["run_id"]), c.get_run(public["run_id"])
+    differ = {"tracking.experiment", "tracking.fast_path"}
+    assert {k: v for k, v in a.data.params.items() if k not in differ} == {
+        k: v for k, v in b.data.params.items() if k not in differ
+    }
+    assert a.data.tags["outcome"] == b.data.tags["outcome"] == "completed"
+    got, want = history(c, b.info.run_id), history(c, a.info.run_id)
+    assert set(got) == set(want) >= {*METRICS, "best_test_accuracy"}
+    for key in want:  # same steps and values (the timestamps are each run's own)
+        assert [(s, v) for s, _, v in got[key]] == [(s, v) for s, _, v in want[key]]

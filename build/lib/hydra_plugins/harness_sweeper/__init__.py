@@ -1,1 +1,0 @@
-"""``hydra/sweeper=harness``: Hydra's basic sweeper, without composing every job twice (see the module)."""

@@ -6,6 +6,7 @@ each repeat runs every contender once, in turn, so a burst of load hits all of t
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -139,3 +140,28 @@ def set_blas_threads(n: int | None) -> None:
     if n is not None:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(n)
+
+
+def loop_arguments(description: str) -> argparse.Namespace:
+    """The options of the per-step benchmarks (``bench_loop.py``, ``bench_replicas.py``); ``repeats`` is 3 with
+    ``--quick``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case (median reported)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="BLAS / torch threads (default 1: the machine is shared)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and 3 repeats: a smoke run")
+    parser.add_argument("--only", default="", help="run only cases whose label contains this, e.g. 'xor'")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
+    return args
+
+
+def import_torch(script: str):
+    """``torch``, or exit saying how to install the pinned CPU build."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(f'{script} compares against PyTorch: pip install -e ".[bench]" (torch==2.13.0, CPU)') from None
+    return torch

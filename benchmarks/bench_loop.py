@@ -23,7 +23,6 @@ GFLOP/s counts the floor's products (2·m·n_in·n_out per product); "of floor" 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, header, interleaved, median, table, verdict  # noqa: E402
+from _common import footer, header, import_torch, interleaved, loop_arguments, median, table, verdict  # noqa: E402
 
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
 from harness.core.deltas import DELTA_RULES  # noqa: E402
@@ -384,22 +383,9 @@ def ratio_lines(results: dict[Case, dict[str, float]], clock: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case (median reported)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="BLAS / torch threads (default 1: the machine is shared)"
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and 3 repeats: a smoke run")
-    parser.add_argument("--only", default="", help="run only cases whose label contains this, e.g. 'xor'")
-    args = parser.parse_args()
-    repeats = 3 if args.quick else args.repeats
-
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(
-            'bench_loop.py compares against PyTorch: pip install -e ".[bench]" (torch==2.13.0, CPU)'
-        ) from None
+    args = loop_arguments(__doc__.splitlines()[0])
+    repeats = args.repeats
+    torch = import_torch("bench_loop.py")
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_histories_match_mlflow_per_run_calls(sweep):
     fast = mlflow_sql.history(c, ids, ["train_loss"])  # one query, not one call per run
     assert fast is not None and {row[0] for row in fast} == set(ids)
     slow = queries._api_history(c, ids[:2], names.METRICS)
-    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])]) * len(names.METRICS)
+    assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])])  # one row per (run, epoch)
     public = loading.load("tiny", uri=sweep, fast_path=False)  # tracking.fast_path=false: the public API only
     pd.testing.assert_frame_equal(public.frame, study.frame)
     for run_id in study.runs["run_id"][:3]:
@@ -156,6 +157,23 @@ def test_paired_test_is_the_exact_signed_rank_test_in_the_small_n_regime(n):
     up = stats.compare(_seeds(np.arange(n) + 1.0), _seeds(np.zeros(n)), "final_accuracy")
     assert up.p == pytest.approx(2 / 2**n)  # every pair one way: the smallest p an exact test can give
     assert stats.min_p(n) == pytest.approx(2 / 2**n)
+
+
+@pytest.mark.parametrize("n", [4, 9, 13, 14, 20])
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_signed_rank_p_is_scipys_wilcoxon_pratt_permutation_p(n, alternative):
+    # the vectorised statistic against scipy's own (one resample at a time): same sign flips, same p, with
+    # zeros (Pratt), ties and an infinite difference (a never-reached threshold) among the pairs; n = 14 and
+    # 20 are past the exact 2ⁿ enumeration, so the 9,999 random flips must match too
+    rng = np.random.default_rng(n)
+    d = np.round(rng.normal(0.3, 1.0, n), 1)
+    d[: n // 4] = 0.0
+    d[-1] = np.inf
+    method = scipy_stats.PermutationMethod(n_resamples=stats.RESAMPLES, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = scipy_stats.wilcoxon(d, zero_method="pratt", alternative=alternative, method=method).pvalue
+    assert stats._signed_rank(d, alternative) == pytest.approx(ref, rel=1e-12)
 
 
 def test_one_pair_gets_the_exact_sign_flip_p_and_no_verdict():
@@ -308,6 +326,27 @@ def test_convergence_has_a_panel_per_pair_a_line_per_rule_and_marks_stopped_runs
     assert len(crosses) == 1 and "1/6 runs stopped" in ax.get_title()
     assert "runs stopped" not in g.axes_dict[("bce", "sigmoid")].get_title()
     assert g.axes_dict[("bce", "sigmoid")].get_yscale() == "log"
+
+
+def test_convergence_band_is_the_mean_plus_minus_1_96_standard_errors():
+    # hand-worked: seeds give 1 and 3 at epoch 0 (mean 2, s = √2, SE = s/√2 = 1) and 5, 5 at epoch 1 (SE 0);
+    # one seed alone gets a line and no band
+    rows = [(0, 0, 1.0), (1, 0, 3.0), (0, 1, 5.0), (1, 1, 5.0), (0, 2, 7.0)]
+    frame = pd.DataFrame(
+        [{"run_id": f"r{s}", "seed": s, "epoch": e, "train_loss": v, "loss": "mse", "activation": "sigmoid",
+          "delta": "ng", "pairing": "mismatched", "outcome": "completed"} for s, e, v in rows]
+    )  # fmt: skip
+    band = plots.mean_band(frame, ["delta", "epoch"], "train_loss")
+    assert band["train_loss"].tolist() == [2.0, 5.0, 7.0]
+    assert band["low"].tolist()[:2] == pytest.approx([2.0 - 1.96, 5.0]) and math.isnan(band["low"].iloc[2])
+    assert band["high"].tolist()[:2] == pytest.approx([2.0 + 1.96, 5.0])
+    ax = plots.convergence(frame, "train_loss", log=False).axes_dict[("mse", "sigmoid")]
+    line = ax.get_lines()[0]
+    assert line.get_xdata().tolist() == [0, 1, 2] and line.get_ydata().tolist() == [2.0, 5.0, 7.0]
+    (fill,) = [c for c in ax.collections if not isinstance(c, PathCollection)]
+    vertices = fill.get_paths()[0].vertices
+    assert sorted(set(vertices[vertices[:, 0] == 0, 1].round(12))) == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
+    assert set(vertices[vertices[:, 0] == 1, 1]) == {5.0}
 
 
 def test_summary_heatmaps_one_panel_per_rule_with_mismatched_cells_hatched():

@@ -24,12 +24,12 @@ from harness.core.losses import LOSSES
 
 RULE_ORDER = DELTA_RULES.names()
 PALETTE = dict(zip(RULE_ORDER, sns.color_palette("colorblind", len(RULE_ORDER))))
-BAND = ("se", 1.96)  # mean ± 1.96 SE ≈ 95 % CI; cheap at every epoch, unlike a bootstrap per point
+Z95 = 1.96  # the band: mean ± 1.96 standard errors ≈ 95 % CI; cheap at every epoch, unlike a bootstrap per point
 STOPPED = ("diverged", "undefined")
 
 
 def _order(values: pd.Series, reference: list[str]) -> list[str]:
-    present = set(values.dropna())
+    present = set(values.dropna().unique())  # unique() first: a study's frame has ~10⁶ rows
     return [v for v in reference if v in present]
 
 
@@ -43,17 +43,44 @@ def thin(frame: pd.DataFrame, points: int = 150) -> pd.DataFrame:
     return frame[frame["epoch"].isin(keep) | (frame["epoch"] == last)]
 
 
+def mean_band(data: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
+    """Per group of ``by`` (e.g. panel keys, rule and epoch): the mean of ``y`` over seeds and its band,
+    mean ± 1.96·s/√n (s the sample standard deviation, n the seeds with a value; no band for n = 1).
+
+    One vectorised groupby: seaborn's ``errorbar=("se", 1.96)`` computes the same band but calls pandas once
+    per (panel, rule, epoch) group (12,452 calls, 11 s for a 720-run XOR study's two convergence figures).
+    """
+    agg = data.groupby(by, observed=True, sort=True)[y].agg(["mean", "std", "count"]).reset_index()
+    half = Z95 * agg["std"] / np.sqrt(agg["count"])
+    return agg.assign(low=agg["mean"] - half, high=agg["mean"] + half).rename(columns={"mean": y})
+
+
+def _band_lines(data: pd.DataFrame, y: str, hue_order: list[str], facets: dict[str, str], **kwargs) -> sns.FacetGrid:
+    """``relplot`` of the per-epoch means of ``y`` (one line per rule, :func:`mean_band`), with each rule's
+    band filled in its colour: ``facets`` maps relplot's ``row``/``col`` to the frame's columns."""
+    keys = list(facets.values())
+    band = mean_band(data, [*keys, "delta", "epoch"], y)
+    g = sns.relplot(data=band, x="epoch", y=y, hue="delta", hue_order=hue_order, kind="line", estimator=None,
+                    palette=PALETTE, **facets, **kwargs)  # fmt: skip
+    for panel_key, ax in g.axes_dict.items():
+        panel_key = panel_key if isinstance(panel_key, tuple) else (panel_key,)
+        panel = band[np.logical_and.reduce([band[k] == v for k, v in zip(keys, panel_key)])]
+        for rule, curve in panel.groupby("delta", observed=True):
+            ax.fill_between(curve["epoch"], curve["low"], curve["high"], color=PALETTE[rule], alpha=0.2, lw=0)
+    return g
+
+
 def convergence(frame: pd.DataFrame, metric: str = "train_loss", log: bool | None = None) -> sns.FacetGrid:
     """``metric`` vs epoch; rows = loss, columns = output activation, colour = delta rule."""
     data = thin(frame.dropna(subset=[metric]))
     log = metric.endswith("loss") if log is None else log
     if log:
         data = data[data[metric] > 0]
-    g = sns.relplot(
-        data=data, x="epoch", y=metric, hue="delta", hue_order=_order(data["delta"], RULE_ORDER),
-        row="loss", col="activation", row_order=_order(data["loss"], LOSSES.names()),
-        col_order=_order(data["activation"], OUTPUT_ACTIVATIONS.names()), kind="line", errorbar=BAND,
-        palette=PALETTE, height=2.3 if data["loss"].nunique() * data["activation"].nunique() > 2 else 3.5,
+    g = _band_lines(
+        data, metric, _order(data["delta"], RULE_ORDER), {"row": "loss", "col": "activation"},
+        row_order=_order(data["loss"], LOSSES.names()),
+        col_order=_order(data["activation"], OUTPUT_ACTIVATIONS.names()),
+        height=2.3 if data["loss"].nunique() * data["activation"].nunique() > 2 else 3.5,
         aspect=1.3, facet_kws={"sharey": False, "margin_titles": True},
     )  # fmt: skip
     if log:
@@ -168,10 +195,9 @@ def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
         return None
     data = data.assign(pair=data["loss"] + " + " + data["activation"])
     pairs = [f"{lo} + {act}" for lo in LOSSES.names() for act in OUTPUT_ACTIVATIONS.names()]
-    g = sns.relplot(
-        data=data, x="epoch", y="grad_cosine", hue="delta", hue_order=_order(data["delta"], RULE_ORDER),
-        col="pair", col_order=_order(data["pair"], pairs), col_wrap=min(4, data["pair"].nunique()), kind="line",
-        errorbar=BAND, palette=PALETTE, height=2.2, aspect=1.3,
+    g = _band_lines(
+        data, "grad_cosine", _order(data["delta"], RULE_ORDER), {"col": "pair"},
+        col_order=_order(data["pair"], pairs), col_wrap=min(4, data["pair"].nunique()), height=2.2, aspect=1.3,
     )  # fmt: skip
     for pair, ax in g.axes_dict.items():
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")

@@ -108,23 +108,44 @@ def bootstrap_ci(values: Sequence[float], level: float = LEVEL, seed: int = 0) -
     return CI(mean, lo, hi, n)
 
 
+def _pratt_r_plus(d: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Wilcoxon's T⁺ with Pratt's zeros, along ``axis``: T⁺ = Σᵢ [dᵢ > 0]·rank(|dᵢ|), where a zero keeps its
+    place among the ranks of |d| and then counts for neither side (ties get their average rank).
+
+    Vectorised over resamples: it is the statistic of ``scipy.stats.wilcoxon(zero_method="pratt")``, which
+    scipy's permutation method evaluates one resample at a time (≈ 0.45 ms each: 108 s of a 720-run report's
+    comparisons went there); one call on all 9,999 sign-flipped copies takes a few ms.
+    """
+    ranks = stats.rankdata(np.abs(d), axis=axis)
+    return np.sum(np.where(d > 0, ranks, 0.0), axis=axis)
+
+
 def _signed_rank(d: np.ndarray, alternative: str = "two-sided", seed: int = 0) -> float:
     """p of Wilcoxon's signed-rank test on paired differences ``d`` (±∞ allowed: ranked beyond all finite).
 
     ``zero_method="pratt"``: a tied pair (difference 0) keeps its place in the ranking and then counts for
     neither side, so seeds on which the rules tie dilute the evidence instead of vanishing ("wilcox" would drop
     them and test only the seeds that differ). The null distribution is the exact sign-flip one (all 2ⁿ flips up
-    to n = 13, else 9,999 random flips), which handles ties and zeros without a normal approximation.
+    to n = 13, else 9,999 random flips), which handles ties and zeros without a normal approximation. It is
+    ``scipy.stats.wilcoxon(d, zero_method="pratt", method=PermutationMethod(...))``'s own computation, a
+    ``scipy.stats.permutation_test`` over sign flips (``permutation_type="samples"`` on one sample), given the
+    statistic in vectorised form (:func:`_pratt_r_plus`).
     """
     if not np.any(d != 0):
         return 0.5 if alternative != "two-sided" else 1.0
     if len(d) == 1:  # one pair, two equally likely signs (scipy's permutation test needs two observations)
         toward = d[0] > 0 if alternative == "greater" else d[0] < 0
         return 1.0 if alternative == "two-sided" else (0.5 if toward else 1.0)
-    method = stats.PermutationMethod(n_resamples=RESAMPLES, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.wilcoxon(d, zero_method="pratt", alternative=alternative, method=method).pvalue)
+    result = stats.permutation_test(
+        (np.asarray(d, dtype=float),),
+        _pratt_r_plus,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        alternative=alternative,
+        random_state=seed,
+    )
+    return float(result.pvalue)
 
 
 @dataclass

@@ -5,7 +5,7 @@ mlflow#3010) and builds one ``Metric`` object per value when reading histories b
 reads MLflow's own tables directly instead, with its own validation and sanitation rules:
 
 - :func:`write`: params, metric values, tags and a terminal status of one run in one transaction;
-- :func:`history`: (run_id, metric, step, value) rows of many runs with a few column queries.
+- :func:`history`: one row per (run, step) of many runs' histories, pivoted by the database.
 
 It relies on MLflow's schema and store internals (``SqlAlchemyStore``, ``ManagedSessionMaker``, ``SqlMetric``):
 ``mlflow`` is pinned ``<3.18`` in pyproject.toml, and tests/test_tracking.py checks both functions against
@@ -193,12 +193,19 @@ def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, 
 
 
 def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) -> list[tuple] | None:
-    """(run_id, metric, step, value) rows straight from a SQL store's ``metrics`` table, one query per 100 runs;
-    None when ``mlflow_client`` has no SQL store (or MLflow moved its model), so the caller uses the public API.
+    """Wide rows ``(run_id, step, value of metrics[0], value of metrics[1], ...)`` straight from a SQL store's
+    ``metrics`` table, one row per (run, step) at which any of ``metrics`` was logged, a missing value as None;
+    or None when ``mlflow_client`` has no SQL store (or MLflow moved its model), so the caller uses the public API.
 
-    Selecting four columns skips building an MLflow ``Metric`` object per value: 600,000 values load in
-    ≈ 5 s instead of ≈ 60 s (the store's ``get_metric_history_bulk``) or ≈ 100 s (``get_metric_history``
-    per run and metric). NaN, stored as value 0 with ``is_nan`` set, is decoded as MLflow's entities do.
+    The database pivots (one ``GROUP BY run_uuid, step`` query per 100 runs, a ``MAX(CASE key ...)`` column
+    per metric), so Python sees one row per epoch instead of one object per value. NaN, stored as value 0
+    with ``is_nan`` set, comes back as None, as missing values do. Measured on a 720-run XOR study
+    (4.3 million values, 718,722 epochs): ≈ 9.5 s, against ≈ 33 s for a four-column ORM query per (run, metric,
+    step) plus a pandas pivot, and ≈ 60 s for MLflow's ``get_metric_history_bulk``. The query also does not
+    filter on ``key``: SQLite would then scan the key index over every run in the store (the whole store's
+    metrics, not this study's) instead of the run id index.
+
+    A value logged twice at one step (MLflow allows it) reads as the larger of the two.
     """
     store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
     if not hasattr(store, "ManagedSessionMaker"):
@@ -207,12 +214,20 @@ def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) 
         from mlflow.store.tracking.dbmodels.models import SqlMetric
     except ImportError:  # a future MLflow moved it: the public API still works
         return None
+    import sqlalchemy as sa
+
+    value = sa.case((SqlMetric.is_nan == sa.true(), sa.null()), else_=SqlMetric.value)
+    columns = [sa.func.max(sa.case((SqlMetric.key == key, value))) for key in metrics]
+    logged = sa.func.sum(sa.case((SqlMetric.key.in_(list(metrics)), 1), else_=0))
     run_ids, rows = list(run_ids), []
-    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
     with store.ManagedSessionMaker() as session:
+        connection = session.connection()  # Core, not the ORM session: no ORM loading step per row
         for start in range(0, len(run_ids), HISTORY_CHUNK):
-            query = session.query(*columns).filter(
-                SqlMetric.run_uuid.in_(run_ids[start : start + HISTORY_CHUNK]), SqlMetric.key.in_(list(metrics))
+            query = (
+                sa.select(SqlMetric.run_uuid, SqlMetric.step, *columns)
+                .where(SqlMetric.run_uuid.in_(run_ids[start : start + HISTORY_CHUNK]))
+                .group_by(SqlMetric.run_uuid, SqlMetric.step)
+                .having(logged > 0)
             )
-            rows.extend((r, k, s, math.nan if n else v) for r, k, s, v, n in query.all())
+            rows.extend(map(tuple, connection.execute(query)))
     return rows

@@ -121,30 +121,26 @@ def select_sweep(runs: list, parent_run_id: str | None = None) -> tuple[str | No
 
 
 def _api_history(mlflow_client: Any, run_ids: list[str], metrics: Sequence[str]) -> list[tuple]:
-    return [
-        (rid, key, m.step, m.value)
-        for rid in run_ids
-        for key in metrics
-        for m in mlflow_client.get_metric_history(rid, key)
-    ]
+    """The rows of :func:`mlflow_sql.history` through the public API: one ``get_metric_history`` per run and metric."""
+    values: dict[tuple[str, int], list] = {}
+    for rid in run_ids:
+        for i, key in enumerate(metrics):
+            for m in mlflow_client.get_metric_history(rid, key):
+                values.setdefault((rid, m.step), [None] * len(metrics))[i] = m.value
+    return [(rid, step, *row) for (rid, step), row in values.items()]
 
 
 def histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str], fast_path: bool = True) -> pd.DataFrame:
-    """Every logged value of ``metrics`` as one row per (run_id, epoch), one column per metric.
+    """Every logged value of ``metrics`` as one row per (run_id, epoch), one column per metric (NaN where a
+    metric was not logged at that epoch), sorted by run and epoch.
 
-    On a SQL store (SQLite, PostgreSQL, ...) a few column queries (:func:`mlflow_sql.history`); otherwise, or
+    On a SQL store (SQLite, PostgreSQL, ...) the database pivots (:func:`mlflow_sql.history`); otherwise, or
     with ``fast_path=False``, one ``get_metric_history`` call per run and metric.
     """
     c, run_ids = client(uri), list(run_ids)
     rows = mlflow_sql.history(c, run_ids, metrics) if fast_path else None
     if rows is None:
         rows = _api_history(c, run_ids, metrics)
-    tall = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"], dtype=object)
-    tall["value"] = tall["value"].astype(float)
-    if tall.empty:
-        return pd.DataFrame(columns=["run_id", "epoch", *metrics])
-    # groupby/unstack, not pivot_table(dropna=False): that would add every (run, epoch) combination
-    wide = tall.groupby(["run_id", "epoch", "metric"])["value"].last().unstack("metric")
-    wide = wide.reindex(columns=list(metrics)).reset_index()
-    wide.columns.name = None
-    return wide
+    wide = pd.DataFrame(rows, columns=["run_id", "epoch", *metrics])
+    wide = wide.astype({"epoch": "int64", **{m: "float64" for m in metrics}})
+    return wide.sort_values(["run_id", "epoch"], ignore_index=True)

@@ -132,7 +132,7 @@ def run_replicas(
     FAILED (with ``traceback.txt``), on Ctrl-C KILLED.
     """
     from harness.fold import strip
-    from harness.tracking import Run, config_hash, resolve_uri
+    from harness.tracking import config_hash, resolve_uri
     from harness.tracking.run import RunGroup
 
     cfgs = [strip(c) for c in cfgs]
@@ -153,12 +153,11 @@ def run_replicas(
     group = RunGroup(runs)
     status, outcomes = "FAILED", [{OUTCOME_TAG: "failed"} for _ in cfgs]
     try:
-        for c, extra, name in zip(cfgs, tags, names):
-            run_tags = {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))}
-            runs.append(
-                Run.start(uri, c.tracking.experiment, name, run_tags, parent_run_id,
-                          fast_path=c.tracking.fast_path)
-            )  # fmt: skip
+        specs = [
+            (name, {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))})
+            for c, extra, name in zip(cfgs, tags, names)
+        ]
+        group.create(uri, cfg.tracking.experiment, specs, parent_run_id, fast_path=cfg.tracking.fast_path)
         freeze_startup_objects()
         group.log_params([flat_params(c) for c in cfgs])
         dataset = mlflow_dataset(data.name)

@@ -55,7 +55,7 @@ def grid(compose_cfg, name: str) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize(
     "name,jobs,seeds",
-    [("xor_grid", 36 * 20, 20), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 7 * 10, 10),
+    [("xor_grid", 36 * 30, 30), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 7 * 10, 10),
      ("slowdown", 4, 1), ("seed_xor", 20, 10)],
 )  # fmt: skip
 def test_preset_grid_sizes(compose_cfg, name, jobs, seeds):

@@ -243,6 +243,37 @@ def test_a_run_group_writes_what_each_run_writes_in_one_transaction_per_flush(st
             assert str(sorted(ha)) == str(sorted(hb))
 
 
+def test_a_run_group_creates_its_runs_as_mlflow_does_in_one_transaction(store, monkeypatch):
+    """RunGroup.create on a SQL store: every field of each run is what MlflowClient.create_run (Run.start
+    with the fast path off) gives, except the id and the time; MLflow's create_run is never called."""
+    from harness.tracking.run import RunGroup
+
+    ensure_experiment(store, "harness")
+    parent = Run.start(store, "harness", "parent")
+    plain = [Run.start(store, "harness", f"r{k}", {"k": str(k), "mlflow.user": "ann"} if k else {"k": "0"},
+                       parent.run_id, fast_path=False) for k in range(2)]  # fmt: skip
+    monkeypatch.setattr(MlflowClient, "create_run", lambda *a, **k: pytest.fail("MLflow's create_run called"))
+    calls = []
+    real = mlflow_sql.create_runs
+    monkeypatch.setattr(mlflow_sql, "create_runs", lambda *a: (calls.append(len(a[2])), real(*a))[1])
+    group = RunGroup([])
+    group.create(store, "harness", [("r0", {"k": "0"}), ("r1", {"k": "1", "mlflow.user": "ann"})], parent.run_id)
+    assert calls == [2] and len(group.runs) == 2
+    c = MlflowClient(store)
+    experiment = c.get_experiment_by_name("harness")
+    for g, p in zip(group.runs, plain):
+        a, b = c.get_run(g.run_id), c.get_run(p.run_id)
+        assert a.data.tags == b.data.tags and a.data.tags["mlflow.parentRunId"] == parent.run_id
+        assert a.info.artifact_uri == g.artifact_uri == f"{experiment.artifact_location}/{g.run_id}/artifacts"
+        for field in ("experiment_id", "user_id", "status", "lifecycle_stage", "run_name", "end_time"):
+            assert getattr(a.info, field) == getattr(b.info, field), field
+        assert abs(a.info.start_time - b.info.start_time) < 60_000 and a.inputs == b.inputs
+    assert [r.info.user_id for r in (c.get_run(g.run_id) for g in group.runs)] == ["unknown", "ann"]
+    assert [r.data.tags["mlflow.runName"] for r in (c.get_run(g.run_id) for g in group.runs)] == ["r0", "r1"]
+    group.end("FINISHED", [{}, {}])
+    assert {c.get_run(g.run_id).info.status for g in group.runs} == {"FINISHED"}
+
+
 def test_tracking_fast_path_false_never_touches_mlflow_internals_and_logs_the_same(compose_cfg, store, monkeypatch):
     """``tracking.fast_path=false``: a whole job through MLflow's public API only (writing and reading back),
     and the store holds what the fast path writes: the same params, tags and metric histories."""
@@ -254,6 +285,7 @@ def test_tracking_fast_path_false_never_touches_mlflow_internals_and_logs_the_sa
     monkeypatch.setattr(mlflow_sql, "write", forbidden)
     monkeypatch.setattr(mlflow_sql, "write_many", forbidden)
     monkeypatch.setattr(mlflow_sql, "history", forbidden)
+    monkeypatch.setattr(mlflow_sql, "create_runs", forbidden)
     public = run_job(compose_cfg(f"tracking.uri={store}", "tracking.experiment=public", "train.epochs=15",
                                  "tracking.fast_path=false"))  # fmt: skip
     c = MlflowClient(store)

@@ -4,6 +4,7 @@ MLflow's public API costs ≈ 75 µs per metric value on a SQL store (``log_batc
 mlflow#3010) and builds one ``Metric`` object per value when reading histories back. This module writes and
 reads MLflow's own tables directly instead, with its own validation and sanitation rules:
 
+- :func:`create_runs`: the runs of a job's replicas, created in one transaction;
 - :func:`write`: params, metric values, tags and a terminal status of one run in one transaction;
 - :func:`history`: one row per (run, step) of many runs' histories, pivoted by the database.
 
@@ -16,6 +17,7 @@ an HTTP store), and callers then use the public API; ``tracking.fast_path=false`
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step: a b
 
 
 METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # of MLflow's ``metrics`` table
+PRIMARY_KEY_ORDER = operator.itemgetter(0, 2, 3, 5)  # a row's (key, timestamp, step, run_uuid): the table's order
+SQLITE_CACHE_KIB = 65536
 
 
 def sql_store(mlflow_client: Any) -> Any | None:
@@ -40,8 +44,46 @@ def sql_store(mlflow_client: Any) -> Any | None:
     except (AttributeError, ImportError):
         return None
     needed = ("ManagedSessionMaker", "_get_run", "_check_run_is_active", "sanitize_metric_value",
-              "_update_latest_metrics_if_necessary")  # fmt: skip
+              "_update_latest_metrics_if_necessary", "get_experiment", "_check_experiment_is_active",
+              "ARTIFACTS_FOLDER_NAME")  # fmt: skip
     return store if isinstance(store, SqlAlchemyStore) and all(hasattr(store, n) for n in needed) else None
+
+
+def create_runs(store: Any, experiment_id: str, runs: Sequence[tuple[str, Mapping[str, str]]]) -> list[tuple[str, str]]:
+    """Create one RUNNING run per ``(run_name, tags)`` in ``experiment_id``, in ONE transaction; returns each
+    run's ``(run_id, artifact_uri)`` in order.
+
+    What ``SqlAlchemyStore.create_run`` does, row for row (the same ``runs`` row: uuid4 hex id, source
+    UNKNOWN, ``user_id`` from the ``mlflow.user`` tag else "unknown", as ``MlflowClient.create_run`` passes
+    it; start time now; the artifact URI under the experiment's location; the tags plus ``mlflow.runName``),
+    but for all runs at once: MLflow's version costs ≈ 100 ms a run on SQLite (a commit, a second read of
+    the run and its inputs), 3 s of each 30-replica job. ``tests/test_tracking.py`` compares both field by field.
+    """
+    import uuid
+
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+    from mlflow.utils.uri import append_to_uri_path
+
+    start_time, created = int(time.time() * 1000), []
+    with store.ManagedSessionMaker(read_only=False) as session:
+        experiment = store.get_experiment(experiment_id)
+        store._check_experiment_is_active(experiment)
+        for run_name, tags in runs:
+            run_id = uuid.uuid4().hex
+            artifact_uri = append_to_uri_path(experiment.artifact_location, run_id, store.ARTIFACTS_FOLDER_NAME)
+            run = SqlRun(
+                name=run_name, artifact_uri=artifact_uri, run_uuid=run_id, experiment_id=experiment_id,
+                source_type=SourceType.to_string(SourceType.UNKNOWN), source_name="", entry_point_name="",
+                user_id=tags.get(MLFLOW_USER, "unknown"), status=RunStatus.to_string(RunStatus.RUNNING),
+                start_time=start_time, end_time=None, deleted_time=None, source_version="",
+                lifecycle_stage=LifecycleStage.ACTIVE,
+            )  # fmt: skip
+            run.tags = [SqlTag(key=k, value=v) for k, v in {**tags, MLFLOW_RUN_NAME: run_name}.items()]
+            session.add(run)
+            created.append((run_id, artifact_uri))
+    return created
 
 
 def write(
@@ -185,6 +227,12 @@ def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, 
     if connection.dialect.name != "sqlite":
         session.execute(insert, [dict(zip(METRIC_COLUMNS, row)) for row in rows])
         return
+    # In the order of MLflow's primary key (key, timestamp, step, run_uuid): each B-tree insert then lands
+    # next to the previous one, and a 64 MB page cache (SQLite's default is 2 MB; this connection only) keeps
+    # the other two indexes' pages. Measured on 30 runs × 1,001 steps × 6 metrics per insert, 10 inserts into
+    # a growing file: 10 µs/row → 6.7 µs/row.
+    rows = sorted(rows, key=PRIMARY_KEY_ORDER)
+    connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
     compiled = insert.compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
     order = [METRIC_COLUMNS.index(name) for name in compiled.positiontup]
     if order != list(range(len(METRIC_COLUMNS))):

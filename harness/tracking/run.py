@@ -20,7 +20,7 @@ import posixpath
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,31 @@ class RunGroup:
         self._last_flush = time.monotonic()
         self._buffered = 0
         self._shared: Any = ...  # the shared SQL store (or None), found on first use once the runs exist
+
+    def create(
+        self,
+        uri: str,
+        experiment: str,
+        runs: Sequence[tuple[str, Mapping[str, str]]],
+        parent_run_id: str | None = None,
+        fast_path: bool = True,
+    ) -> None:
+        """Create one RUNNING run per ``(run_name, tags)``, as ``Run.start`` does, and add them to the group: in
+        one transaction on a SQL store (:func:`harness.tracking.mlflow_sql.create_runs`), else one
+        ``create_run`` each (each added as soon as it exists, so ``end`` still ends it if a later one fails)."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        store = mlflow_sql.sql_store(client(uri)) if fast_path else None
+        if store is None:
+            for name, tags in runs:
+                self.runs.append(Run.start(uri, experiment, name, tags, parent_run_id, fast_path=fast_path))
+            return
+        where = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        parent = {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+        specs = [(name, {**where, **tags, **parent}) for name, tags in runs]
+        created = mlflow_sql.create_runs(store, ensure_experiment(uri, experiment), specs)
+        c = client(uri)
+        self.runs.extend(Run(uri, rid, artifact_uri=art, mlflow_client=c, fast_path=fast_path) for rid, art in created)
 
     def _store(self) -> Any | None:
         """The SQL store every run writes to, if they share one and the fast path applies; else None."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,3 +122,73 @@ def unfold(cfg: Any, overrides: Sequence[str], job: int | None) -> list[Replica]
             task.insert(position, override)
         replicas.append(Replica(own, task, int(entry["job"])))
     return replicas
+
+
+# ------------------------------------------------------------------------------------------ launch lines
+
+_LAUNCH_REPLICAS = re.compile(r" ?\b" + REPLICAS_KEY + r"=\[(.*)\]$")
+
+
+def _values(values: list[str]) -> str:
+    """``0,1,2,3,7`` → ``0..3,7`` (runs of consecutive integers collapsed); anything else as it is."""
+    if not all(re.fullmatch(r"-?\d+", v) for v in values):
+        return ",".join(values)
+    parts, numbers = [], [int(v) for v in values]
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}..{prev}" if prev > start + 1 else f"{start},{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
+def describe(listing: str) -> str:
+    """A folded job's ``replicas=[...]`` entries as one short phrase, e.g. ``30 runs: seed=0..29``, or
+    ``30 runs: seed=0..9 train.lr=0.0316,0.1,0.316`` (each folded key's distinct values, in order)."""
+    entries = [json.loads(e) for e in re.findall(r"'(\{.*?\})'", listing)]
+    if not entries:
+        raise ValueError(f"no replica entries in {listing!r}")
+    seen: dict[str, list[str]] = {}
+    for entry in entries:
+        for override in entry["overrides"]:
+            key, value = override.split("=", 1)
+            if value not in seen.setdefault(key, []):
+                seen[key].append(value)
+    runs = f"{len(entries)} run" + ("s" if len(entries) != 1 else "")
+    return f"{runs}: " + " ".join(f"{k}={_values(v)}" for k, v in seen.items()) if seen else runs
+
+
+class LaunchLineFilter(logging.Filter):
+    """Shortens a launcher's ``#3 : loss=bce ... replicas=['{"job": 90, ...}', ...]`` line (30 JSON entries on a
+    folded job) to ``#3 : loss=bce ... [30 runs: seed=0..29]``; every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        match = _LAUNCH_REPLICAS.search(message) if "#" in message and REPLICAS_KEY in message else None
+        if match:
+            try:
+                short = describe(match.group(1))
+            except (ValueError, KeyError):  # not our JSON: leave the line alone
+                return True
+            record.msg, record.args = f"{message[: match.start()]} [{short}]", ()
+        return True
+
+
+# Hydra's launchers that print each job's overrides (``#3 : ...``) at INFO, from these loggers.
+LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_ray_launcher._core",
+)
+
+
+def install_launch_line_filter() -> None:
+    """Put a :class:`LaunchLineFilter` on each launcher's logger, once. On the loggers, not on handlers:
+    a launcher reconfigures Hydra's logging (new handlers) when it starts launching."""
+    for name in LAUNCHER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LaunchLineFilter) for f in logger.filters):
+            logger.addFilter(LaunchLineFilter())

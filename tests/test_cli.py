@@ -132,6 +132,9 @@ def test_sweep_end_to_end(tmp_path):
     epochs = 30
     p = harness("-m", "loss=bce,mse", "train.lr=2,8", f"train.epochs={epochs}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
+    launched = [line.split("] ", 1)[1].strip() for line in p.stdout.splitlines() if "[HYDRA] \t#" in line]
+    assert launched == [f"#{k} : loss={lo} train.epochs={epochs} [2 runs: train.lr=2,8]"
+                        for k, lo in enumerate(("bce", "mse"))]  # fmt: skip
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("harness")
     runs = c.search_runs([exp.experiment_id])

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from servers import harness_cmd
 
-from harness.fold import fold_jobs, strip, unfold
+from harness.fold import LaunchLineFilter, fold_jobs, strip, unfold
 from harness.names import METRICS
 from harness.tracking import config_hash
 
@@ -31,6 +31,24 @@ def test_jobs_that_differ_only_in_folded_keys_become_one_job():
     by_seed = fold_jobs(jobs, ["seed"], 30)
     assert len(by_seed) == 4 and all("train.lr=" in " ".join(j) for j in by_seed)
     assert [len(unfold_entries(j)) for j in fold_jobs(jobs, ["seed", "train.lr"], 3)] == [3, 1, 3, 1]
+
+
+def test_a_folded_jobs_launch_line_names_its_runs_and_folded_values_instead_of_json():
+    import logging
+
+    jobs = [["loss=bce", f"train.lr={lr}", f"seed={s}"] for lr in (0.1, 1) for s in (0, 1, 2, 3, 7)]
+    (folded,) = fold_jobs(jobs, ["seed", "train.lr"], max_replicas=30)
+
+    def shown(message: str) -> str:
+        record = logging.LogRecord("hydra", logging.INFO, __file__, 0, message, (), None)
+        assert LaunchLineFilter().filter(record)  # never drops a line
+        return record.getMessage()
+
+    assert shown(f"\t#4 : {' '.join(folded)}") == "\t#4 : loss=bce [10 runs: train.lr=0.1,1 seed=0..3,7]"
+    one = fold_jobs([["loss=mse", "seed=5"]], ["seed"], 30)[0]
+    assert shown(f"\t#0 : {' '.join(one)}") == "\t#0 : loss=mse [1 run: seed=5]"
+    for other in ("Launching 2 jobs locally", "\t#1 : loss=bce seed=3", "\t#2 : replicas=[not, ours]"):
+        assert shown(other) == other
 
 
 def unfold_entries(job: list[str]) -> list:

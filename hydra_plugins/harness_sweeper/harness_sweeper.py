@@ -62,5 +62,13 @@ class HarnessSweeper(BasicSweeper):
         folded = fold_jobs(jobs, getattr(self, "fold", []), getattr(self, "max_replicas", 30))
         return list(BasicSweeper.split_overrides_to_chunks(folded, max_batch_size))
 
+    def sweep(self, arguments: list[str]) -> Any:
+        """``BasicSweeper.sweep``, with each folded job's launch line shortened to its run count and folded
+        values (``harness.fold.LaunchLineFilter``): ``#0 : loss=bce ... [30 runs: seed=0..29]``."""
+        from harness.fold import install_launch_line_filter
+
+        install_launch_line_filter()
+        return super().sweep(arguments)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing to do: ``SweepCallback.on_multirun_start`` checked every job of the sweep already."""

@@ -54,6 +54,22 @@ def test_load_gives_one_row_per_run_and_logged_epoch(sweep):
     assert exact == {"bce-sigmoid-ng", "mse-sigmoid-nielsen", "mse-identity-ng", "mse-identity-nielsen"}
 
 
+def test_runs_read_from_the_tables_are_mlflows_search_runs(sweep):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(sweep)
+    experiment_id = c.get_experiment_by_name("tiny").experiment_id
+    fast = queries.all_runs(c, experiment_id)
+    slow = queries.all_runs(c, experiment_id, fast_path=False)  # MLflow's search_runs, every page
+    assert type(fast[0]).__name__ == "LightRun" and len(fast) == len(slow) == 17  # 16 runs and the parent
+    assert [r.info.run_id for r in fast] == [r.info.run_id for r in slow]  # same order: newest first
+    for a, b in zip(fast, slow):
+        for field in ("run_id", "run_name", "status", "start_time", "end_time", "experiment_id"):
+            assert getattr(a.info, field) == getattr(b.info, field), field
+        assert a.data.params == b.data.params and a.data.tags == b.data.tags
+        assert str(a.data.metrics) == str(b.data.metrics)  # latest values, NaN included
+
+
 def test_histories_match_mlflow_per_run_calls(sweep):
     from mlflow import MlflowClient
 
@@ -64,7 +80,12 @@ def test_histories_match_mlflow_per_run_calls(sweep):
     assert fast is not None and {row[0] for row in fast} == set(ids)
     slow = queries._api_history(c, ids[:2], names.METRICS)
     assert len(slow) == len(study.frame[study.frame["run_id"].isin(ids[:2])])  # one row per (run, epoch)
-    public = loading.load("tiny", uri=sweep, fast_path=False)  # tracking.fast_path=false: the public API only
+    real_runs = mlflow_sql.runs
+    mlflow_sql.runs = lambda *a: pytest.fail("MLflow's SQL internals read with fast_path=False")
+    try:
+        public = loading.load("tiny", uri=sweep, fast_path=False)  # tracking.fast_path=false: the public API only
+    finally:
+        mlflow_sql.runs = real_runs
     pd.testing.assert_frame_equal(public.frame, study.frame)
     for run_id in study.runs["run_id"][:3]:
         for key in names.METRICS:

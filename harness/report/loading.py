@@ -104,7 +104,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
     return frame
 
 
-def locate(experiment: str, uri: str | None = None, parent_run_id: str | None = None) -> Study:
+def locate(experiment: str, uri: str | None = None, parent_run_id: str | None = None, fast_path: bool = True) -> Study:
     """The runs of the latest sweep of ``experiment`` (or of the sweep under ``parent_run_id``), without their
     histories (``frame`` is empty): cheap, for checking that there is something to report.
 
@@ -126,7 +126,7 @@ def locate(experiment: str, uri: str | None = None, parent_run_id: str | None = 
             f"experiments there: {', '.join(names) or 'none'}. Run a study first, e.g. "
             f"`python -m harness +experiment={experiment}`, or pass the store with --uri."
         )
-    parent, runs = select_sweep(all_runs(mlflow_client, exp.experiment_id), parent_run_id)
+    parent, runs = select_sweep(all_runs(mlflow_client, exp.experiment_id, fast_path), parent_run_id)
     table = runs_frame(runs)
     if table.empty or not (table["status"] == "FINISHED").any():
         where = f"sweep {parent}" if parent else "the experiment"
@@ -142,7 +142,7 @@ def load(experiment: str, uri: str | None = None, parent_run_id: str | None = No
 
     ``fast_path=False`` reads them through MLflow's public API only (see :mod:`harness.tracking.mlflow_sql`).
     """
-    study = locate(experiment, uri, parent_run_id)
+    study = locate(experiment, uri, parent_run_id, fast_path)
     frame = histories(study.uri, study.runs["run_id"].tolist(), REPORT_METRICS, fast_path=fast_path)
     frame = frame.merge(study.runs, on="run_id", how="left")
     study.frame = frame.sort_values(["run_id", "epoch"], ignore_index=True)

@@ -473,3 +473,21 @@ def test_descent_share_is_quoted_beside_what_the_delta_cosine_would_claim():
     assert "(50.0%)" in text and "`delta_cosine` > 0) would have claimed 100.0%" in text
     assert (table["δ cosine > 0 would claim"] == 1.0).all() and (table["descent (grad_cosine > 0)"] == 0.5).all()
     assert questions.descent_table(frame[frame["pairing"] == "exact"]) is None
+
+
+def test_loss_blind_counts_the_groups_whose_histories_agree_under_every_loss():
+    from harness.report import questions
+
+    # (sigmoid, ng, seed 0): identical under bce and mse; (sigmoid, ng, seed 1): differs at epoch 1;
+    # (sigmoid, nielsen, seed 0): only one loss, so not a comparison
+    rows = [("bce", "ng", 0, [0.5, 0.75]), ("mse", "ng", 0, [0.5, 0.75]), ("bce", "ng", 1, [0.5, 1.0]),
+            ("mse", "ng", 1, [0.5, 0.75]), ("bce", "nielsen", 0, [0.25, 0.5])]  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {"loss": lo, "activation": "sigmoid", "delta": d, "seed": s, "lr": 1.0, "epoch": e, "test_accuracy": v}
+            for lo, d, s, values in rows
+            for e, v in enumerate(values)
+        ]  # fmt: skip
+    )
+    study = loading.Study("x", "sqlite://", None, pd.DataFrame(), frame)
+    assert "in 1 of 2 (activation, rule, seed, rate) groups" in questions._loss_blind(study)

@@ -77,6 +77,15 @@ def ensure_experiment(uri: str, name: str) -> str:
         return found.experiment_id
 
 
+def start_tags(tags: Mapping[str, str] | None, parent_run_id: str | None) -> dict[str, str]:
+    """A new run's tags: where it executes (host, pid: on a cluster, the first thing to know about a run that
+    died), then ``tags``, then its sweep parent (``mlflow.parentRunId``) if any."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    parent = {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **(tags or {}), **parent}
+
+
 class Run:
     """One MLflow run: params, tags, buffered metrics, text artifacts, and a terminal status."""
 
@@ -113,15 +122,9 @@ class Run:
         fast_path: bool = True,
     ) -> Run:
         """Create a RUNNING run (nested under ``parent_run_id`` when given); ``fast_path`` as in ``Run``."""
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
         experiment_id = ensure_experiment(uri, experiment)
-        # Where the run executes: on a cluster, the first thing to know about a run that died.
-        all_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **(tags or {})}
-        if parent_run_id:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         c = client(uri)
-        run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        run = c.create_run(experiment_id, run_name=run_name, tags=start_tags(tags, parent_run_id))
         return cls(uri, run.info.run_id, artifact_uri=run.info.artifact_uri, mlflow_client=c, fast_path=fast_path)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -297,16 +300,12 @@ class RunGroup:
         """Create one RUNNING run per ``(run_name, tags)``, as ``Run.start`` does, and add them to the group: in
         one transaction on a SQL store (:func:`harness.tracking.mlflow_sql.create_runs`), else one
         ``create_run`` each (each added as soon as it exists, so ``end`` still ends it if a later one fails)."""
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
         store = mlflow_sql.sql_store(client(uri)) if fast_path else None
         if store is None:
             for name, tags in runs:
                 self.runs.append(Run.start(uri, experiment, name, tags, parent_run_id, fast_path=fast_path))
             return
-        where = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-        parent = {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
-        specs = [(name, {**where, **tags, **parent}) for name, tags in runs]
+        specs = [(name, start_tags(tags, parent_run_id)) for name, tags in runs]
         created = mlflow_sql.create_runs(store, ensure_experiment(uri, experiment), specs)
         c = client(uri)
         self.runs.extend(Run(uri, rid, artifact_uri=art, mlflow_client=c, fast_path=fast_path) for rid, art in created)

@@ -165,3 +165,31 @@ def import_torch(script: str):
     except ImportError:
         raise SystemExit(f'{script} compares against PyTorch: pip install -e ".[bench]" (torch==2.13.0, CPU)') from None
     return torch
+
+
+def products_only(weights: list, x_train, batch_sizes: list[int], epochs: int, dtype):
+    """The GEMM-only floor: one network's matrix products of each step (forward z = a W, weight gradients
+    aᵀ δ, back-propagated δ Wᵀ) into preallocated buffers, samples in rows; returns the callable to time."""
+    import numpy as np
+
+    w = [np.ascontiguousarray(v) for v in weights]
+    buffers = {}
+    for m in set(batch_sizes):
+        x = np.ascontiguousarray(x_train[:m])
+        acts = [x] + [np.full((m, v.shape[1]), 0.5, dtype) for v in w]  # aˡ (and z, which is the same shape)
+        deltas = [np.full((m, v.shape[1]), 0.1, dtype) for v in w]
+        grads = [np.empty_like(v) for v in w]
+        buffers[m] = (acts, deltas, grads)
+    plan = batch_sizes * epochs
+
+    def go() -> None:
+        for m in plan:
+            acts, deltas, grads = buffers[m]
+            for i, v in enumerate(w):
+                np.matmul(acts[i], v, out=acts[i + 1])  # z = a W (forward)
+            for i in range(len(w) - 1, -1, -1):
+                np.matmul(acts[i].T, deltas[i], out=grads[i])  # ∂C/∂W = aᵀ δ
+                if i > 0:
+                    np.matmul(deltas[i], w[i].T, out=deltas[i - 1])  # δ Wᵀ
+
+    return go

@@ -30,7 +30,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, header, import_torch, interleaved, loop_arguments, median, table, verdict  # noqa: E402
+from _common import (  # noqa: E402
+    footer,
+    header,
+    import_torch,
+    interleaved,
+    loop_arguments,
+    median,
+    products_only,
+    table,
+    verdict,
+)
 
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
 from harness.core.deltas import DELTA_RULES  # noqa: E402
@@ -290,28 +300,8 @@ def nielsen_loop(s: Setup):
 
 
 def gemm_floor(s: Setup):
-    """Only the products of each step, into preallocated buffers (the harness's own layout, samples in rows)."""
-    w = [np.ascontiguousarray(v) for v in s.init.weights]
-    buffers = {}
-    for m in set(s.batch_sizes()):
-        x = np.ascontiguousarray(s.data.x_train[:m])
-        acts = [x] + [np.full((m, v.shape[1]), 0.5, s.dtype) for v in w]  # aˡ (and z, which is the same shape)
-        deltas = [np.full((m, v.shape[1]), 0.1, s.dtype) for v in w]
-        grads = [np.empty_like(v) for v in w]
-        buffers[m] = (acts, deltas, grads)
-    plan = s.batch_sizes() * s.case.epochs
-
-    def go() -> None:
-        for m in plan:
-            acts, deltas, grads = buffers[m]
-            for i, v in enumerate(w):
-                np.matmul(acts[i], v, out=acts[i + 1])  # z = a W (forward)
-            for i in range(len(w) - 1, -1, -1):
-                np.matmul(acts[i].T, deltas[i], out=grads[i])  # ∂C/∂W = aᵀ δ
-                if i > 0:
-                    np.matmul(deltas[i], w[i].T, out=deltas[i - 1])  # δ Wᵀ
-
-    return go
+    """Only the products of each step (``_common.products_only``, the harness's own layout)."""
+    return products_only(s.init.weights, s.data.x_train, s.batch_sizes(), s.case.epochs, s.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- the run

@@ -36,7 +36,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, header, import_torch, interleaved, loop_arguments, median, table, verdict  # noqa: E402
+from _common import (  # noqa: E402
+    footer,
+    header,
+    import_torch,
+    interleaved,
+    loop_arguments,
+    median,
+    products_only,
+    table,
+    verdict,
+)
 
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # noqa: E402
 from harness.core.deltas import DELTA_RULES  # noqa: E402
@@ -272,28 +282,8 @@ def vmap_loop(s: Setup):
 
 
 def gemm_floor(s: Setup):
-    """One network's products of each step, into preallocated buffers (samples in rows)."""
-    w = [np.ascontiguousarray(v[0]) for v in s.init.weights]
-    buffers = {}
-    for m in set(s.batch_sizes()):
-        x = np.ascontiguousarray(s.data.x_train[:m])
-        acts = [x] + [np.full((m, v.shape[1]), 0.5, s.dtype) for v in w]
-        deltas = [np.full((m, v.shape[1]), 0.1, s.dtype) for v in w]
-        grads = [np.empty_like(v) for v in w]
-        buffers[m] = (acts, deltas, grads)
-    plan = s.batch_sizes() * s.case.epochs
-
-    def go() -> None:
-        for m in plan:
-            acts, deltas, grads = buffers[m]
-            for i, v in enumerate(w):
-                np.matmul(acts[i], v, out=acts[i + 1])  # z = a W (forward)
-            for i in range(len(w) - 1, -1, -1):
-                np.matmul(acts[i].T, deltas[i], out=grads[i])  # ∂C/∂W = aᵀ δ
-                if i > 0:
-                    np.matmul(deltas[i], w[i].T, out=deltas[i - 1])  # δ Wᵀ
-
-    return go
+    """One network's products of each step (``_common.products_only``)."""
+    return products_only([v[0] for v in s.init.weights], s.data.x_train, s.batch_sizes(), s.case.epochs, s.dtype)
 
 
 def stack_gemm(s: Setup):

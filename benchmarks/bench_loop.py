@@ -7,8 +7,9 @@ Every contender trains the same network from the same initial weights on the sam
 minibatch order (the harness's own shuffles); their final training losses are checked to agree before
 anything is timed. Contenders, per case:
 
-- ``harness``: ``harness.nn.train.sgd_epoch`` (the loop ``python -m harness`` runs), epochs back to back;
-- ``harness+metrics``: ``harness.nn.train.train`` with the five metrics on the full train and test sets
+- ``harness``: ``harness.nn.training.sgd_epoch`` on a stack of one network (what ``python -m harness`` runs for
+  a single run), epochs back to back;
+- ``harness+metrics``: ``harness.nn.training.train`` with the six metrics on the full train and test sets
   every epoch (what a run with ``train.eval_every=1`` pays);
 - ``pytorch``: ``nn.Sequential`` + autograd + ``optim.SGD``, minibatches indexed from tensors (no
   DataLoader, which would only add overhead), on the CPU; ``pytorch+eval`` also computes loss and accuracy
@@ -46,8 +47,9 @@ from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # n
 from harness.core.deltas import DELTA_RULES  # noqa: E402
 from harness.core.losses import LOSSES  # noqa: E402
 from harness.nn.data import load  # noqa: E402
-from harness.nn.model import MLP  # noqa: E402
-from harness.nn.train import as_dtype, sgd_epoch, train  # noqa: E402
+from harness.nn.network import MLP  # noqa: E402
+from harness.nn.stack import ReplicaMLP  # noqa: E402
+from harness.nn.training import as_dtype, sgd_epoch, train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,9 @@ class Setup:
     def shuffle_rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, 1])
 
-    def fresh_model(self) -> MLP:
-        i = self.init
-        return MLP([w.copy() for w in i.weights], [b.copy() for b in i.biases], i.hidden, i.output)
+    def fresh_model(self) -> ReplicaMLP:
+        """The initial network as the engine trains it: a stack of one (a copy)."""
+        return ReplicaMLP.stack([self.init])
 
     def batch_sizes(self) -> list[int]:
         n, m = len(self.data.x_train), self.case.batch_size
@@ -123,14 +125,15 @@ class Setup:
 
 
 def harness_loop(s: Setup):
-    model, rng = s.fresh_model(), s.shuffle_rng()
+    model, rngs = s.fresh_model(), [s.shuffle_rng()]
     loss, rule, c = s.loss, DELTA_RULES["ng"], s.case
+    lrs = np.array([c.lr])
 
     def go() -> float:
         with np.errstate(all="ignore"):
             for _ in range(c.epochs):
-                sgd_epoch(model, s.data, loss, rule, c.lr, c.batch_size, rng)
-        return s.final_loss(model.predict(s.data.x_train))
+                sgd_epoch(model, s.data, loss, rule, lrs, c.batch_size, rngs)
+        return s.final_loss(model.predict(s.data.x_train)[0])
 
     return go
 
@@ -140,9 +143,8 @@ def harness_train(s: Setup):
     c = s.case
 
     def go() -> float:
-        r = train(
-            model, s.data, s.loss, DELTA_RULES["ng"], epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, rng=rng,
-            progress=False,
+        (r,) = train(
+            model, s.data, s.loss, DELTA_RULES["ng"], epochs=c.epochs, lrs=[c.lr], batch_size=c.batch_size, rngs=[rng],
         )  # fmt: skip
         return r.final["train_loss"]
 

@@ -8,11 +8,11 @@ batched step counts R network steps. Every contender trains from the same initia
 ``default_rng(seed r)``, as a single run) in the same minibatch order (replica r's own shuffles), and the
 final training losses of the first network are checked to agree before anything is timed. Contenders:
 
-- ``replicas``: :func:`harness.nn.replicas.sgd_epoch_replicas` on R replicas (gathering each replica's own
+- ``replicas``: :func:`harness.nn.training.sgd_epoch` on R replicas (gathering each replica's own
   minibatch, one batched forward / backward / update per step), epochs back to back;
-- ``replicas+metrics``: :func:`harness.nn.replicas.train_replicas`, the five metrics of every replica on the
+- ``replicas+metrics``: :func:`harness.nn.training.train`, the six metrics of every replica on the
   whole training and test sets every epoch;
-- ``harness``: one network, :func:`harness.nn.train.sgd_epoch` (what one Hydra job runs today);
+- ``harness``: one network, the same :func:`harness.nn.training.sgd_epoch` on a stack of one (a single run);
 - ``pytorch``: one network, ``nn.Sequential`` + autograd + ``optim.SGD``, minibatches indexed from tensors;
 - ``vmap``: the R replicas in PyTorch at once, ``torch.func.vmap(torch.func.grad(loss))`` over
   ``functional_call`` with the parameters stacked by ``torch.func.stack_module_state``, then an in-place SGD
@@ -52,9 +52,8 @@ from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS  # n
 from harness.core.deltas import DELTA_RULES  # noqa: E402
 from harness.core.losses import LOSSES  # noqa: E402
 from harness.nn.data import load  # noqa: E402
-from harness.nn.model import MLP  # noqa: E402
-from harness.nn.replicas import ReplicaMLP, replica_rngs, sgd_epoch_replicas, train_replicas  # noqa: E402
-from harness.nn.train import as_dtype, sgd_epoch  # noqa: E402
+from harness.nn.stack import ReplicaMLP  # noqa: E402
+from harness.nn.training import as_dtype, sgd_epoch, shuffle_rngs, train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,8 @@ class Setup:
         self.lrs = case.lr * np.geomspace(0.5, 1.5, case.replicas)
         n = len(self.data.x_train)
         self.full_batch = case.batch_size >= n
-        rngs = replica_rngs(self.seeds)
-        epochs = 0 if self.full_batch else case.epochs  # the order sgd_epoch_replicas will draw
+        rngs = shuffle_rngs(self.seeds)
+        epochs = 0 if self.full_batch else case.epochs  # the order sgd_epoch will draw
         self.perms = [np.stack([rng.permutation(n) for rng in rngs]) for _ in range(epochs)]
         self.loss = LOSSES[case.loss]
         self.rule = DELTA_RULES["ng"]
@@ -109,8 +108,9 @@ class Setup:
     def fresh_replicas(self) -> ReplicaMLP:
         return self.init.select(np.arange(self.case.replicas))
 
-    def fresh_model(self) -> MLP:
-        return self.init.replica(0)
+    def fresh_model(self) -> ReplicaMLP:
+        """The first replica alone: a stack of one (a copy)."""
+        return self.init.select([0])
 
     def steps_per_epoch(self) -> int:
         n, m = len(self.data.x_train), self.case.batch_size
@@ -128,13 +128,13 @@ class Setup:
 
 
 def replicas_loop(s: Setup):
-    model, rngs = s.fresh_replicas(), replica_rngs(s.seeds)
+    model, rngs = s.fresh_replicas(), shuffle_rngs(s.seeds)
     c = s.case
 
     def go() -> float:
         with np.errstate(all="ignore"):
             for _ in range(c.epochs):
-                sgd_epoch_replicas(model, s.data, s.loss, s.rule, s.lrs, c.batch_size, rngs)
+                sgd_epoch(model, s.data, s.loss, s.rule, s.lrs, c.batch_size, rngs)
         return s.final_loss(model.replica(0).predict(s.data.x_train))  # one network's forward, as the others
 
     return go
@@ -145,7 +145,7 @@ def replicas_train(s: Setup):
     c = s.case
 
     def go() -> float:
-        results = train_replicas(
+        results = train(
             model, s.data, s.loss, s.rule, epochs=c.epochs, lrs=s.lrs, batch_size=c.batch_size, seeds=s.seeds
         )
         return results[0].final["train_loss"]
@@ -154,14 +154,14 @@ def replicas_train(s: Setup):
 
 
 def harness_loop(s: Setup):
-    model, rng = s.fresh_model(), replica_rngs(s.seeds[:1])[0]
+    model, rngs = s.fresh_model(), shuffle_rngs(s.seeds[:1])
     c = s.case
 
     def go() -> float:
         with np.errstate(all="ignore"):
             for _ in range(c.epochs):
-                sgd_epoch(model, s.data, s.loss, s.rule, float(s.lrs[0]), c.batch_size, rng)
-        return s.final_loss(model.predict(s.data.x_train))
+                sgd_epoch(model, s.data, s.loss, s.rule, s.lrs[:1], c.batch_size, rngs)
+        return s.final_loss(model.predict(s.data.x_train)[0])
 
     return go
 
@@ -319,7 +319,7 @@ def stack_gemm(s: Setup):
 
 
 def gather_only(s: Setup):
-    """Only the gathering of every replica's minibatches (as ``sgd_epoch_replicas`` does it)."""
+    """Only the gathering of every replica's minibatches (as ``sgd_epoch`` does it)."""
     x, y = s.fresh_replicas().augment(s.data.x_train), s.data.y_train
     r, bs = s.case.replicas, s.case.batch_size
     x_batch, y_batch = np.empty((r, bs, x.shape[1]), s.dtype), np.empty((r, bs, y.shape[1]), s.dtype)

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from harness.config import register_configs
-from harness.sweep import end_parent, job
+from harness.sweep import job
 
 register_configs()
 
@@ -36,25 +36,15 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def cli() -> None:
-    """Run Hydra; whatever happens, end a sweep's parent run with the matching status.
-
-    Ctrl-C (SIGINT) or SIGTERM: the running job ends KILLED, then the parent and any child left RUNNING by
-    a killed worker; exit status 130.
+    """Run Hydra. Ctrl-C (SIGINT) or SIGTERM: the running job ends KILLED, then (as the process exits, see
+    ``harness.sweep.Sweep.watch``) a sweep's parent and any child left RUNNING by a killed worker; exit status 130.
     """
     signal.signal(signal.SIGTERM, _terminate)
-    status = "FAILED"
     try:
         main()
-        status = "FINISHED"
     except KeyboardInterrupt:
-        status = "KILLED"
         print("harness: interrupted; ending unfinished runs KILLED", file=sys.stderr)
         raise SystemExit(130) from None
-    except SystemExit as exit_:
-        status = "FINISHED" if exit_.code in (0, None) else "FAILED"
-        raise
-    finally:
-        end_parent(status)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""The recipe of one job: validate, build data and model, start a run, train, record, end the run.
+"""The recipe of one job: its configurations (validated once), data and model, training, then recording.
 
-This is the one module that knows both the math and the tracker; it hands each only what it needs.
-Every run it starts ends FINISHED, FAILED (with ``traceback.txt``) or KILLED (Ctrl-C), never RUNNING.
+This is the one module that knows both the math and the tracker; it hands each only what it needs. A job trains
+R runs that differ only in ``seed`` and ``train.lr`` (a folded sweep job, :mod:`harness.fold`; a single run is
+R = 1) as the replicas of one stack, and logs one MLflow run per replica. Every run it starts ends FINISHED,
+FAILED (with ``traceback.txt``) or KILLED (Ctrl-C), never RUNNING.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,11 @@ from harness.names import (
     OUTCOME_TAG,
     PAIRING_TAG,
     TAGS_TAG,
-    TEST_ACCURACY,
     UNDEFINED_EPOCHS_TAG,
 )
 from harness.nn.data import ACCURACY_THRESHOLDS, Dataset, load
-from harness.nn.model import MLP
-from harness.nn.replicas import ReplicaMLP, train_replicas
-from harness.nn.train import TrainResult, as_dtype
+from harness.nn.stack import ReplicaMLP
+from harness.nn.training import TrainResult, as_dtype, train
 
 
 def run_name(cfg: Any, with_lr: bool = False) -> str:
@@ -46,26 +46,98 @@ def run_name(cfg: Any, with_lr: bool = False) -> str:
     return f"{name}-lr{cfg.train.lr:g}" if with_lr else name
 
 
-def summary_metrics(result: TrainResult, threshold: float | None) -> dict[str, float]:
-    """The run's summary, for sorting and filtering in the MLflow UI: the best test accuracy over its evaluated
-    epochs and, when a threshold is given and was reached, the first evaluated epoch at or above it."""
-    accuracies = [m[TEST_ACCURACY] for m in result.history if math.isfinite(m[TEST_ACCURACY])]
-    summary = {BEST_TEST_ACCURACY: max(accuracies)} if accuracies else {}
-    if threshold is not None:
-        reached = [e for e, m in zip(result.epochs, result.history) if m[TEST_ACCURACY] >= threshold]
-        if reached:
-            summary[EPOCHS_TO_THRESHOLD] = float(reached[0])
-    return summary
+# ------------------------------------------------------------------------------------------ the recipe
 
 
-def build_model(cfg: Any, data: Dataset) -> MLP:
-    """The MLP for ``cfg`` on ``data``, initialised from ``seed`` (same seed, same weights)."""
+def run_job(cfg: DictConfig, *, parent_run_id: str | None = None, cwd: str | None = None,
+            tags: dict[str, str] | None = None, name: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Validate ``cfg``, train it, and log one MLflow run named ``name`` (default :func:`run_name`) with extra
+    ``tags``; returns the final metrics, outcome and run id. :func:`run_replicas` with R = 1."""
+    return run_replicas([cfg], parent_run_id=parent_run_id, cwd=cwd, tags=[tags or {}],
+                        names=[name] if name else None)[0]  # fmt: skip
+
+
+def run_replicas(cfgs: Sequence[DictConfig], **where: Any) -> list[dict[str, Any]]:
+    """Validate every config (the first bad one raises :class:`ConfigError` before any run exists), then
+    :func:`train_and_record` them (``where``: its ``parent_run_id``, ``cwd``, ``tags`` and ``names``)."""
+    problems = [err for err in map(check, cfgs) if err is not None]
+    if problems:
+        raise problems[0]
+    return train_and_record(cfgs, **where)
+
+
+def check(cfg: DictConfig) -> ConfigError | None:
+    """The configuration's one validation (:func:`harness.config.validate`): its error, or None."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        return err
+    return None
+
+
+def train_and_record(
+    cfgs: Sequence[DictConfig],
+    *,
+    parent_run_id: str | None = None,
+    cwd: str | None = None,
+    tags: Sequence[dict[str, str]] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Train valid run configs together as replicas and log one MLflow run each (with its extra ``tags[r]``,
+    named ``names[r]``, default :func:`run_name`), nested under ``parent_run_id``; returns each replica's
+    final metrics, outcome and run id.
+
+    The configs must differ at most in ``seed`` and ``train.lr``. Each run is what a job of its config alone
+    logs: params, tags, config hash, name, metric histories (replica r is the reference network with its seed
+    and rate, to rounding: ``tests/test_replicas.py``). On an exception every run ends FAILED (with
+    ``traceback.txt``), on Ctrl-C KILLED.
+    """
+    _check_replicas(cfgs)
+    setup = Setup.of(cfgs)  # data and model
+    recorder = Recorder(cfgs, setup, parent_run_id, cwd, tags, names)
+    with recorder:  # the runs: created here, ended FINISHED / FAILED / KILLED on the way out
+        results = train(  # training
+            setup.model, setup.data, setup.loss, setup.rule,
+            epochs=setup.cfg.train.epochs, lrs=[c.train.lr for c in cfgs], batch_size=setup.cfg.train.batch_size,
+            seeds=[c.seed for c in cfgs], reduction=setup.cfg.train.reduction, eval_every=setup.cfg.train.eval_every,
+            threshold=setup.threshold, l2=setup.cfg.train.l2, on_epoch=recorder.log_epoch,
+            progress=None if len(cfgs) == 1 else False,
+        )  # fmt: skip
+        recorder.finish(results)  # recording
+    return [{**result.final, "outcome": result.outcome, "run_id": run.run_id}
+            for result, run in zip(results, recorder.runs)]  # fmt: skip
+
+
+@dataclass
+class Setup:
+    """What a job trains: the data (in the configured dtype), the stack of its replicas, the loss and rule."""
+
+    cfg: DictConfig  # the first replica's config (they share everything but seed and rate)
+    data: Dataset
+    model: ReplicaMLP
+    loss: Any
+    rule: Any
+
+    @classmethod
+    def of(cls, cfgs: Sequence[DictConfig]) -> Setup:
+        cfg = cfgs[0]
+        data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
+        model = build_stack(cfg, [c.seed for c in cfgs], data)
+        return cls(cfg, data, model, LOSSES[cfg.loss.name].for_activation(model.output), DELTA_RULES[cfg.delta.name])
+
+    @property
+    def threshold(self) -> float | None:
+        return ACCURACY_THRESHOLDS.get(self.data.name)
+
+
+def build_stack(cfg: Any, seeds: Sequence[int], data: Dataset) -> ReplicaMLP:
+    """The replicas for ``cfg`` on ``data``, replica r initialised from ``seeds[r]`` (same seed, same weights)."""
     m = cfg.model
-    return MLP.initialise(
+    return ReplicaMLP.initialise(
         [data.n_inputs, *m.hidden, data.n_outputs],
         HIDDEN_ACTIVATIONS[m.hidden_activation],
         OUTPUT_ACTIVATIONS[cfg.activation.name],
-        np.random.default_rng(cfg.seed),
+        seeds,
         scheme=m.init,
         bias=m.bias,
         constant=(m.init_weight, m.init_bias),
@@ -73,9 +145,105 @@ def build_model(cfg: Any, data: Dataset) -> MLP:
     )
 
 
-def shuffle_rng(cfg: Any) -> np.random.Generator:
-    """The minibatch-shuffling stream, independent of the initialisation stream."""
-    return np.random.default_rng([cfg.seed, 1])
+class Recorder:
+    """The MLflow side of a job: one run per replica, created on entry and ended on exit (FINISHED after
+    :meth:`finish`, KILLED on Ctrl-C, FAILED with ``traceback.txt`` on any other exception)."""
+
+    def __init__(self, cfgs: Sequence[DictConfig], setup: Setup, parent_run_id: str | None, cwd: str | None,
+                 tags: Sequence[dict[str, str]] | None, names: Sequence[str] | None) -> None:  # fmt: skip
+        from harness.tracking import resolve_uri
+        from harness.tracking.run import RunGroup
+
+        self.cfgs, self.setup, self.parent_run_id = list(cfgs), setup, parent_run_id
+        self.uri = resolve_uri(setup.cfg.tracking.uri, cwd)
+        self.extra = list(tags) if tags is not None else [{} for _ in cfgs]
+        self.names = list(names) if names is not None else [run_name(c) for c in cfgs]
+        self.runs: list[Any] = []
+        self.group = RunGroup(self.runs)
+        self.status, self.outcomes = "FAILED", [{OUTCOME_TAG: "failed"} for _ in cfgs]
+
+    def __enter__(self) -> Recorder:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _start(self) -> None:
+        from harness.tracking import config_hash
+
+        cfg = self.setup.cfg
+        common = {PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
+        if cfg.get("tags"):
+            common[TAGS_TAG] = ",".join(cfg.tags)
+        specs = [
+            (name, {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))})
+            for c, extra, name in zip(self.cfgs, self.extra, self.names)
+        ]
+        self.group.create(self.uri, cfg.tracking.experiment, specs, self.parent_run_id,
+                          fast_path=cfg.tracking.fast_path)  # fmt: skip
+        freeze_startup_objects()
+        self.group.log_params([flat_params(c) for c in self.cfgs])
+        dataset = mlflow_dataset(self.setup.data.name)
+        for c, run in zip(self.cfgs, self.runs):
+            run.log_text(OmegaConf.to_yaml(c, resolve=True), "config.yaml")
+            run.log_input(dataset)
+
+    def log_epoch(self, replica: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.group.log_metrics(replica, metrics, step=epoch)
+
+    def finish(self, results: list[TrainResult]) -> None:
+        """Log each run's summary at its last epoch; the runs end FINISHED with their outcome tags."""
+        for r, result in enumerate(results):
+            self.group.log_metrics(r, summary_metrics(result), step=result.epochs[-1])
+        self.status, self.outcomes = "FINISHED", [outcome_tags(result) for result in results]
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.status, self.outcomes = "KILLED", [{OUTCOME_TAG: "killed"} for _ in self.cfgs]
+        elif kind is not None:
+            text = "".join(traceback.format_exception(kind, error, tb))
+            for run in self.runs:
+                _best_effort(run.log_text, text, "traceback.txt")
+        self.group.end(self.status, self.outcomes)  # the last metrics and the outcome tags: one transaction
+
+
+def summary_metrics(result: TrainResult) -> dict[str, float]:
+    """The run's summary, for sorting and filtering in the MLflow UI, measured at every epoch whatever the
+    logging cadence: the best test accuracy and, when the threshold was reached, the first epoch at or above it."""
+    summary = {BEST_TEST_ACCURACY: result.best_test_accuracy} if np.isfinite(result.best_test_accuracy) else {}
+    if result.epochs_to_threshold is not None:
+        summary[EPOCHS_TO_THRESHOLD] = float(result.epochs_to_threshold)
+    return summary
+
+
+def outcome_tags(result: TrainResult) -> dict[str, str]:
+    """``outcome`` (completed / diverged / undefined), the number of epochs actually trained and of logged
+    epochs whose loss was undefined."""
+    return {
+        OUTCOME_TAG: result.outcome,
+        EPOCHS_RUN_TAG: str(result.epochs_run),
+        UNDEFINED_EPOCHS_TAG: str(result.undefined_epochs),
+    }
+
+
+def _check_replicas(cfgs: Sequence[DictConfig]) -> None:
+    """Replicas share everything but ``seed`` and ``train.lr`` (one stack: one architecture, loss, rule)."""
+
+    def rest(c: DictConfig) -> dict[str, Any]:
+        d = OmegaConf.to_container(c, resolve=True)
+        d.pop("seed", None)
+        d["train"].pop("lr", None)
+        return d
+
+    first = rest(cfgs[0])
+    for c in cfgs[1:]:
+        if rest(c) != first:
+            raise ValueError("replicas of one job must differ only in seed and train.lr")
+
+
+# ------------------------------------------------------------------------------------------ what runs log
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -99,110 +267,6 @@ def mlflow_dataset(name: str):
     return mlflow.data.from_numpy(data.x_train, targets=data.y_train, name=data.name, source=source)
 
 
-def run_job(
-    cfg: DictConfig,
-    *,
-    parent_run_id: str | None = None,
-    cwd: str | None = None,
-    tags: dict[str, str] | None = None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """Validate ``cfg``, train, and log one MLflow run named ``name`` (default :func:`run_name`), with extra
-    ``tags`` (e.g. the sweep's job number); returns the final metrics, outcome and run id.
-    :func:`run_replicas` with R = 1."""
-    names = [name] if name else None
-    return run_replicas([cfg], parent_run_id=parent_run_id, cwd=cwd, tags=[tags or {}], names=names)[0]
-
-
-def run_replicas(
-    cfgs: Sequence[DictConfig],
-    *,
-    parent_run_id: str | None = None,
-    cwd: str | None = None,
-    tags: Sequence[dict[str, str]] | None = None,
-    names: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Validate each config, train them together as replicas, log one MLflow run each (with its extra
-    ``tags[r]``, named ``names[r]``, default :func:`run_name`); returns each replica's final metrics, outcome
-    and run id.
-
-    The configs must differ at most in ``seed`` and ``train.lr`` (``harness.fold``). Each run is what
-    ``run_job`` of its config alone logs: params, tags, config hash, name, metric histories (the stack's
-    numbers are the single run's to rounding, ``tests/test_replicas.py``). On an exception every run ends
-    FAILED (with ``traceback.txt``), on Ctrl-C KILLED.
-    """
-    from harness.fold import strip
-    from harness.tracking import config_hash, resolve_uri
-    from harness.tracking.run import RunGroup
-
-    cfgs = [strip(c) for c in cfgs]
-    tags = list(tags) if tags is not None else [{} for _ in cfgs]
-    for c in cfgs:
-        validate(c)
-    _check_replicas(cfgs)
-    cfg = cfgs[0]
-    data = as_dtype(load(cfg.dataset.name), cfg.train.dtype)
-    model = ReplicaMLP.stack([build_model(c, data) for c in cfgs])
-    loss, rule = LOSSES[cfg.loss.name].for_activation(model.output), DELTA_RULES[cfg.delta.name]
-    common = {PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
-    if cfg.get("tags"):
-        common[TAGS_TAG] = ",".join(cfg.tags)
-    uri = resolve_uri(cfg.tracking.uri, cwd)
-    names = list(names) if names is not None else [run_name(c) for c in cfgs]
-    runs: list[Any] = []
-    group = RunGroup(runs)
-    status, outcomes = "FAILED", [{OUTCOME_TAG: "failed"} for _ in cfgs]
-    try:
-        specs = [
-            (name, {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))})
-            for c, extra, name in zip(cfgs, tags, names)
-        ]
-        group.create(uri, cfg.tracking.experiment, specs, parent_run_id, fast_path=cfg.tracking.fast_path)
-        freeze_startup_objects()
-        group.log_params([flat_params(c) for c in cfgs])
-        dataset = mlflow_dataset(data.name)
-        for c, run in zip(cfgs, runs):
-            run.log_text(OmegaConf.to_yaml(c, resolve=True), "config.yaml")
-            run.log_input(dataset)
-        results = train_replicas(
-            model, data, loss, rule,
-            epochs=cfg.train.epochs, lrs=[c.train.lr for c in cfgs], batch_size=cfg.train.batch_size,
-            seeds=[c.seed for c in cfgs], reduction=cfg.train.reduction, eval_every=cfg.train.eval_every,
-            on_epoch=lambda r, epoch, m: group.log_metrics(r, m, step=epoch),
-            progress=None if len(cfgs) == 1 else False,
-        )  # fmt: skip
-        threshold = ACCURACY_THRESHOLDS.get(data.name)
-        for r, result in enumerate(results):
-            group.log_metrics(r, summary_metrics(result, threshold), step=result.epochs[-1])
-        status, outcomes = "FINISHED", [outcome_tags(result) for result in results]
-        return [{**result.final, "outcome": result.outcome, "run_id": run.run_id} for result, run in zip(results, runs)]
-    except KeyboardInterrupt:
-        status, outcomes = "KILLED", [{OUTCOME_TAG: "killed"} for _ in cfgs]
-        raise
-    except BaseException:
-        text = traceback.format_exc()
-        for run in runs:
-            _best_effort(run.log_text, text, "traceback.txt")
-        raise
-    finally:
-        group.end(status, outcomes)  # the last metrics and the outcome tags: one transaction for all runs
-
-
-def _check_replicas(cfgs: Sequence[DictConfig]) -> None:
-    """Replicas share everything but ``seed`` and ``train.lr`` (one stack: one architecture, loss, rule)."""
-
-    def rest(c: DictConfig) -> dict[str, Any]:
-        d = OmegaConf.to_container(c, resolve=True)
-        d.pop("seed", None)
-        d["train"].pop("lr", None)
-        return d
-
-    first = rest(cfgs[0])
-    for c in cfgs[1:]:
-        if rest(c) != first:
-            raise ValueError("replicas of one job must differ only in seed and train.lr")
-
-
 @cache
 def freeze_startup_objects() -> None:
     """Once per process, after MLflow is imported and connected: ``gc.freeze()`` the objects alive now.
@@ -213,16 +277,6 @@ def freeze_startup_objects() -> None:
     still freed by reference counting); ``benchmarks/bench_tracking.py`` measures the difference.
     """
     gc.freeze()
-
-
-def outcome_tags(result: TrainResult) -> dict[str, str]:
-    """``outcome`` (completed / diverged / undefined), the number of epochs actually trained and of evaluated
-    epochs whose loss was undefined."""
-    return {
-        OUTCOME_TAG: result.outcome,
-        EPOCHS_RUN_TAG: str(result.epochs_run),
-        UNDEFINED_EPOCHS_TAG: str(result.undefined_epochs),
-    }
 
 
 def _best_effort(fn, *args) -> None:

@@ -20,8 +20,8 @@ from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.nn.data import DATASET_OUTPUTS, DATASETS
-from harness.nn.model import INIT_SCHEMES
-from harness.nn.train import DTYPES, REDUCTIONS
+from harness.nn.training import DTYPES, REDUCTIONS
+from harness.nn.weights import INIT_SCHEMES
 
 
 @dataclass
@@ -47,7 +47,11 @@ class TrainConfig:
     lr: float = 2.0
     batch_size: int = 4
     reduction: str = "mean"  # mean: step (η/m)·Σ∇ (Nielsen); sum: step η·Σ∇ (numpy XOR programs)
-    eval_every: int = 1  # evaluate and log metrics every k epochs (and at epoch 0 and the last)
+    # Which epochs are evaluated and logged (always epoch 0 and the last). null: the lean cadence, every epoch
+    # up to 20 then log-spaced, at most 150 (harness.nn.training.log_epochs); k: every k-th epoch (1: all).
+    # Summaries (epochs_to_threshold, best_test_accuracy) are measured at every epoch either way.
+    eval_every: int | None = None
+    l2: float = 0.0  # λ of L2 regularisation: the cost gains λ/(2n)·Σw² (weights, not biases), the step (λ/n)·w
     # Named step sizes per loss, for studies that compare (cost, η) pairs: a preset sets
     # ``lr: ${train.lr_by_loss.${loss.name}}`` so η follows the swept loss (see experiments/slowdown.yaml).
     lr_by_loss: dict[str, float] = field(default_factory=dict)
@@ -61,6 +65,9 @@ class TrackingConfig:
     resume: bool = False  # skip a job whose identical config already has a FINISHED run in the experiment
     # false: write and read through MLflow's public API only, never its SQL internals (harness.tracking.mlflow_sql)
     fast_path: bool = True
+    # A sweep prints one progress bar over its runs and a table at the end; true: also one line per run and
+    # Hydra's launch line per job (a single run, without -m, always prints its line).
+    run_lines: bool = False
 
 
 @dataclass
@@ -121,6 +128,7 @@ _TYPE_WORDS = {
     "bool": "true or false",
     "str": "a string",
     "str | None": "a string or null",
+    "int | None": "an integer or null",
     "list[int]": "a list of integers, e.g. [30] (or [])",
     "list[str]": "a list of strings, e.g. [a,b]",
     "dict[str, float]": "a mapping of names to numbers, e.g. {mse:0.15,bce:0.005}",
@@ -178,8 +186,13 @@ def _problems(cfg: Any) -> list[str]:
         problems.append(f"train.epochs={t.epochs} must be an integer ≥ 1.")
     if t.batch_size < 1:
         problems.append(f"train.batch_size={t.batch_size} must be an integer ≥ 1 (the minibatch size).")
-    if t.eval_every < 1:
-        problems.append(f"train.eval_every={t.eval_every} must be an integer ≥ 1 (evaluate every k epochs).")
+    if t.eval_every is not None and t.eval_every < 1:
+        problems.append(
+            f"train.eval_every={t.eval_every} must be an integer ≥ 1 (evaluate every k epochs), or null for the "
+            "lean cadence (every epoch up to 20, then log-spaced)."
+        )
+    if not (math.isfinite(t.l2) and t.l2 >= 0):
+        problems.append(f"train.l2={t.l2} must be a finite number ≥ 0 (λ of L2 regularisation; 0: none).")
     if any(h < 1 for h in cfg.model.hidden):
         problems.append(
             f"model.hidden={list(cfg.model.hidden)} must list hidden layer sizes ≥ 1 "

@@ -6,7 +6,7 @@ The sweeper (``hydra_plugins/harness_sweeper``) expands a sweep into jobs as Hyd
 its replicas in one config key, ``replicas``: one entry per unfolded job, with that job's number in the
 unfolded sweep, its folded overrides and their positions on its override list. :func:`unfold` turns a job's
 config back into the replicas' own configs and overrides, exactly those of the unfolded jobs (same params,
-tags, config hash and run name), and the job trains them together (``harness.nn.replicas``).
+tags, config hash and run name), and the job trains them together (``harness.nn.training``).
 
 Each entry is a JSON object (``$`` and ``'`` written as JSON escapes, so neither OmegaConf's interpolation
 nor Hydra's quoting sees them) in a Hydra quoted string, e.g.
@@ -161,12 +161,22 @@ def describe(listing: str) -> str:
     return f"{runs}: " + " ".join(f"{k}={_values(v)}" for k, v in seen.items()) if seen else runs
 
 
+_LAUNCH_LINE = re.compile(r"^\s*#\d+ : ")
+
+
 class LaunchLineFilter(logging.Filter):
     """Shortens a launcher's ``#3 : loss=bce ... replicas=['{"job": 90, ...}', ...]`` line (30 JSON entries on a
-    folded job) to ``#3 : loss=bce ... [30 runs: seed=0..29]``; every other record passes unchanged."""
+    folded job) to ``#3 : loss=bce ... [30 runs: seed=0..29]``, or drops launch lines altogether when ``quiet``
+    (the sweep shows a progress bar instead); every other record passes unchanged."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.quiet = quiet
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if self.quiet and _LAUNCH_LINE.match(message):
+            return False
         match = _LAUNCH_REPLICAS.search(message) if "#" in message and REPLICAS_KEY in message else None
         if match:
             try:
@@ -185,10 +195,13 @@ LAUNCHER_LOGGERS = (
 )
 
 
-def install_launch_line_filter() -> None:
-    """Put a :class:`LaunchLineFilter` on each launcher's logger, once. On the loggers, not on handlers:
-    a launcher reconfigures Hydra's logging (new handlers) when it starts launching."""
+def install_launch_line_filter(quiet: bool = False) -> None:
+    """Put a :class:`LaunchLineFilter` on each launcher's logger, once (``quiet`` updated). On the loggers, not on
+    handlers: a launcher reconfigures Hydra's logging (new handlers) when it starts launching."""
     for name in LAUNCHER_LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, LaunchLineFilter) for f in logger.filters):
-            logger.addFilter(LaunchLineFilter())
+        mine = [f for f in logger.filters if isinstance(f, LaunchLineFilter)]
+        if mine:
+            mine[0].quiet = quiet
+        else:
+            logger.addFilter(LaunchLineFilter(quiet))

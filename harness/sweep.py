@@ -3,14 +3,19 @@
 In a ``-m`` sweep the launching process, before any job starts (``on_multirun_start``): validates every
 swept value, creates the MLflow store and experiment (so parallel jobs never race MLflow's first-use
 schema creation) and the parent run, tagged with the sweep directory. Each job finds its parent by that
-tag, which works in-process, in joblib workers and on Ray nodes alike. The parent is ended by
-:func:`end_parent`, called from ``python -m harness``'s own ``finally`` because Hydra does not call
-``on_multirun_end`` when a job failed.
+tag, which works in-process, in joblib workers and on Ray nodes alike. The callback owns the sweep
+(:class:`Sweep`, no module state) and ends it in ``on_multirun_end``, or, since Hydra does not call that when a
+job failed, when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import ConfigError
 from harness.names import BLAS_TAG, JOB_TAG, OVERRIDES_TAG, SWEEP_TAG, TAGS_TAG
 
-_parent: dict[str, Any] = {}  # the launching process's parent run: {"run": Run, "sweep_dir": str}
-
 
 def sweep_dir(cwd: str, directory: str) -> str:
     """Absolute sweep directory (the key that ties jobs to their parent run)."""
@@ -34,69 +37,78 @@ def job(cfg: DictConfig) -> float | list[float]:
     """Hydra task function: train the job's runs; returns the final test accuracy (for optimising sweepers),
     one per replica in a list when the sweeper folded several runs into the job (``harness.fold``).
 
-    With ``tracking.resume=true`` a run whose identical config already has a FINISHED run is skipped (in a
-    folded job, each replica on its own).
+    Reads top to bottom: the job's run configs (unfolded, each validated once), the ones to skip
+    (``tracking.resume=true``: a run whose identical config already has a FINISHED run), then training and
+    recording the rest as one stack. An invalid run fails the job after the valid ones trained, as separate
+    jobs would; outside a sweep it stops the command (one paragraph, exit status 2).
     """
-    from harness.app import report_config_error, run_name, run_replicas
-    from harness.config import validate
+    from harness.app import check, report_config_error, run_name, train_and_record
     from harness.fold import unfold
-    from harness.tracking import config_hash, find_finished, find_sweep_parent, resolve_uri
+    from harness.tracking import resolve_uri
 
     hc = HydraConfig.get()
-    cwd = hc.runtime.cwd
-    uri = resolve_uri(cfg.tracking.uri, cwd)
     multirun = hc.mode == RunMode.MULTIRUN
+    uri = resolve_uri(cfg.tracking.uri, hc.runtime.cwd)
     replicas = unfold(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
-    invalid: list[tuple[Any, ConfigError]] = []  # raised after the valid replicas trained, as separate jobs would
-    for rep in list(replicas):
-        try:
-            validate(rep.cfg)
-        except ConfigError as err:
-            if not multirun:
-                report_config_error(err)
-            invalid.append((rep, err))
-            replicas.remove(rep)
-    accuracies: dict[int, float] = {}
-    if cfg.tracking.resume:
-        todo = []
-        for i, rep in enumerate(replicas):
-            digest = config_hash(OmegaConf.to_container(rep.cfg, resolve=True))
-            done = find_finished(uri, rep.cfg.tracking.experiment, digest)
-            if done is None:
-                todo.append(i)
-                continue
-            print(f"harness: skipped {' '.join(rep.overrides)}: already FINISHED as run {done.info.run_id}")
-            accuracies[i] = float(done.data.metrics.get("test_accuracy", float("nan")))
-    else:
-        todo = list(range(len(replicas)))
+    errors = [check(rep.cfg) for rep in replicas]
+    invalid = [(rep, err) for rep, err in zip(replicas, errors) if err is not None]
+    if invalid and not multirun:
+        report_config_error(invalid[0][1])
+    valid = [rep for rep, err in zip(replicas, errors) if err is None]
+    accuracies, todo = skip_finished(valid, uri) if cfg.tracking.resume else ({}, valid)
     if todo:
-        parent, tags = None, [{} for _ in todo]
+        names = [run_name(rep.cfg, with_lr=multirun and varies_lr(rep.overrides)) for rep in todo]
+        parent, tags = None, None
         if multirun:
-            directory = sweep_dir(cwd, hc.sweep.dir)
-            tags = [{JOB_TAG: str(replicas[i].job), OVERRIDES_TAG: " ".join(replicas[i].overrides)} for i in todo]
-            if _parent.get("sweep_dir") == directory:
-                parent = _parent["run"].run_id
-            else:
-                parent = find_sweep_parent(uri, cfg.tracking.experiment, directory)
-        cfgs = [replicas[i].cfg for i in todo]
-        try:
-            with blas_limit(hc):
+            parent = find_parent(uri, cfg.tracking.experiment, sweep_dir(hc.runtime.cwd, hc.sweep.dir))
+            tags = [run_tags(rep) for rep in todo]
+        with blas_limit(hc):
+            if tags is not None:
                 for t in tags:
                     t[BLAS_TAG] = str(blas_pool_size())
-                names = [run_name(replicas[i].cfg, with_lr=multirun and varies_lr(replicas[i].overrides)) for i in todo]
-                results = run_replicas(cfgs, parent_run_id=parent, cwd=cwd, tags=tags, names=names)
-        except ConfigError as err:
-            if multirun:  # an ordinary exception: every launcher records a failed job
-                raise ConfigError(f"job #{hc.job.num} ({' '.join(hc.overrides.task)}): {err}") from None
-            report_config_error(err)
-        for i, c, result, name in zip(todo, cfgs, results, names):
-            print(summary_line(c, result, uri, name))
-            accuracies[i] = float(result["test_accuracy"])
+            cfgs = [rep.cfg for rep in todo]
+            results = train_and_record(cfgs, parent_run_id=parent, cwd=hc.runtime.cwd, tags=tags, names=names)
+        for rep, result, name in zip(todo, results, names):
+            if not multirun or cfg.tracking.run_lines:
+                print(summary_line(rep.cfg, result, uri, name))
+            accuracies[id(rep)] = float(result["test_accuracy"])
     if invalid:  # an ordinary exception: every launcher records a failed job
         rep, err = invalid[0]
         raise ConfigError(f"job #{rep.job} ({' '.join(rep.overrides)}): {err}")
-    values = [accuracies[i] for i in range(len(replicas))]
+    values = [accuracies[id(rep)] for rep in valid]
     return values[0] if len(values) == 1 else values
+
+
+def skip_finished(replicas: list, uri: str) -> tuple[dict[int, float], list]:
+    """``tracking.resume=true``: the final test accuracy of each replica that already has a FINISHED run with its
+    config hash (by ``id`` of the replica), and the replicas still to train."""
+    from harness.tracking import config_hash, find_finished
+
+    done, todo = {}, []
+    for rep in replicas:
+        digest = config_hash(OmegaConf.to_container(rep.cfg, resolve=True))
+        finished = find_finished(uri, rep.cfg.tracking.experiment, digest)
+        if finished is None:
+            todo.append(rep)
+            continue
+        if rep.cfg.tracking.run_lines:
+            print(f"harness: skipped {' '.join(rep.overrides)}: already FINISHED as run {finished.info.run_id}")
+        done[id(rep)] = float(finished.data.metrics.get("test_accuracy", float("nan")))
+    return done, todo
+
+
+def run_tags(rep: Any) -> dict[str, str]:
+    """A sweep run's tags: its job number in the unfolded sweep and its overrides."""
+    return {JOB_TAG: str(rep.job), OVERRIDES_TAG: " ".join(rep.overrides)}
+
+
+@lru_cache(maxsize=8)
+def find_parent(uri: str, experiment: str, directory: str) -> str | None:
+    """The sweep's parent run, found by its ``harness.sweep_dir`` tag (the same from the launching process, a
+    joblib worker or a Ray node); looked up once per process and sweep."""
+    from harness.tracking import find_sweep_parent
+
+    return find_sweep_parent(uri, experiment, directory)
 
 
 def varies_lr(overrides: list[str]) -> bool:
@@ -116,9 +128,10 @@ def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str, name: str) -
 def blas_threads(hc: DictConfig) -> int | None:
     """BLAS threads for one job: 1 when a launcher runs jobs side by side, else None (no limit).
 
-    Two jobs on two cores, each with a BLAS pool as wide as the machine, oversubscribe the cores; and at
-    our sizes a second BLAS thread pays only from batch ≈ 128 (../shared/FACTS.md). Loky's own limit is
-    an environment variable read when BLAS loads, so it misses a BLAS already loaded; threadpoolctl is not.
+    Two jobs on two cores, each with a BLAS pool as wide as the machine, oversubscribe the cores; and at our
+    sizes a second BLAS thread pays only from batch ≈ 128 (``benchmarks/bench_loop.py --threads 2``). Loky's own
+    limit is an environment variable read when BLAS loads, so it misses a BLAS already loaded; threadpoolctl
+    is not.
     """
     if hc.mode != RunMode.MULTIRUN:
         return None
@@ -159,12 +172,18 @@ def validate_sweep(config: DictConfig) -> int:
 
 
 class SweepCallback(Callback):
-    """Checks every job of a sweep, then creates the store, experiment and parent run, before any job starts.
+    """Checks every job of a sweep, then creates the store, experiment and parent run, before any job starts;
+    owns the sweep (:class:`Sweep`) until it ends.
 
     A bad sweep stops here with ``SystemExit`` (status 2, one paragraph): Hydra turns any ``Exception`` a
     callback raises into a warning and goes on, but lets ``SystemExit`` through. The callback runs before
     the sweeper, whichever sweeper it is (``hydra/sweeper=harness`` or ``basic``), and before the parent run.
+    Hydra calls ``on_multirun_end`` only when every job succeeded; otherwise the sweep ends itself when the
+    process exits (:meth:`Sweep.watch`).
     """
+
+    def __init__(self) -> None:
+        self.sweep: Sweep | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from harness.app import report_config_error
@@ -177,56 +196,86 @@ class SweepCallback(Callback):
             print(f"harness: error: could not check the sweep: {err}", file=sys.stderr)
             raise SystemExit(1) from err
         try:
-            self._start_parent(config)
+            self.sweep = Sweep.start(config)
         except Exception as err:  # Hydra would only warn and run every job without a parent
             print(f"harness: error: could not create the sweep's MLflow parent run: {err}", file=sys.stderr)
             raise SystemExit(1) from err
+        self.sweep.watch()
 
-    def _start_parent(self, config: DictConfig) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep is not None:
+            self.sweep.end("FINISHED")
+
+
+@dataclass
+class Sweep:
+    """A sweep's parent run, in the launching process, and what happens when the sweep ends: its report, its
+    dashboard and the end of every run it left unfinished."""
+
+    run: Any  # harness.tracking.Run
+    directory: str  # the sweep directory: the tag jobs find the parent by
+    experiment_id: str
+    name: str  # the preset's name, or "sweep"
+    report: tuple[str, str, str] | None = None  # (experiment, uri, out directory) when the preset asks for one
+    interrupted: bool = False
+    ended: bool = False
+
+    @classmethod
+    def start(cls, config: DictConfig) -> Sweep:
+        """Create the store, the experiment and the parent run (tagged with the sweep directory)."""
         from harness.tracking import Run, ensure_experiment, resolve_uri
 
-        uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
+        cwd = config.hydra.runtime.cwd
+        uri = resolve_uri(config.tracking.uri, cwd)
         experiment_id = ensure_experiment(uri, config.tracking.experiment)
-        directory = sweep_dir(config.hydra.runtime.cwd, config.hydra.sweep.dir)
-        choices = config.hydra.runtime.choices
-        name = choices.get("experiment") or "sweep"
+        directory = sweep_dir(cwd, config.hydra.sweep.dir)
+        name = config.hydra.runtime.choices.get("experiment") or "sweep"
         tags = {SWEEP_TAG: directory, OVERRIDES_TAG: " ".join(config.hydra.overrides.task)}
         if config.get("tags"):
             tags[TAGS_TAG] = ",".join(config.tags)
         run = Run.start(uri, config.tracking.experiment, name, tags)
-        _parent.update(run=run, sweep_dir=directory, dashboard=(experiment_id, name))
+        report = None
         if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
-            out = str(Path(config.hydra.runtime.cwd, config.report.out))
-            _parent["report"] = (config.tracking.experiment, uri, out)
+            report = (config.tracking.experiment, uri, str(Path(cwd, config.report.out)))
         print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at {uri}")
+        return cls(run, directory, experiment_id, name, report)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        end_parent("FINISHED")
+    def watch(self) -> None:
+        """End the sweep when the process exits, if nothing ended it before (a job failed, or Ctrl-C / SIGTERM:
+        then KILLED, which this notes from the signal handlers it chains in front of the current ones)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if callable(previous):
+                signal.signal(signum, partial(self._on_signal, previous))
+        atexit.register(self._at_exit)
 
+    def _on_signal(self, previous: Callable, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        previous(signum, frame)
 
-def end_parent(status: str) -> None:
-    """End the sweep's parent run, if this process started one (idempotent).
+    def _at_exit(self) -> None:
+        self.end("KILLED" if self.interrupted else "FAILED")
 
-    First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
-    says which jobs did not finish and where their runs are. Then, if the sweep asked for it
-    (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
-    fails is printed, never raised, and the parent run is ended anyway. Last, it saves the sweep's view in
-    the MLflow UI and prints the link to it on a line that starts with ``dashboard:``.
-    """
-    run = _parent.pop("run", None)
-    _parent.pop("sweep_dir", None)
-    report = _parent.pop("report", None)
-    dashboard = _parent.pop("dashboard", None)
-    if run is None:
-        return
-    try:
-        report_children(run.uri, run.run_id)
-        if report is not None and status != "KILLED":
-            _write_report(*report, parent_run_id=run.run_id)
-        if dashboard is not None:
-            _print_dashboard(run.uri, *dashboard, parent_run_id=run.run_id)
-    finally:
-        run.end(status)
+    def end(self, status: str) -> None:
+        """End the parent run with ``status`` (idempotent).
+
+        First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
+        says which jobs did not finish and where their runs are. Then, if the sweep asked for it
+        (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
+        fails is printed, never raised, and the parent run is ended anyway. Last, it saves the sweep's view in
+        the MLflow UI and prints the link to it on a line that starts with ``dashboard:``.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        uri, parent = self.run.uri, self.run.run_id
+        try:
+            report_children(uri, parent)
+            if self.report is not None and status != "KILLED":
+                _write_report(*self.report, parent_run_id=parent)
+            _print_dashboard(uri, self.experiment_id, self.name, parent_run_id=parent)
+        finally:
+            self.run.end(status)
 
 
 def _print_dashboard(uri: str, experiment_id: str, name: str, parent_run_id: str) -> None:

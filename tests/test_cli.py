@@ -130,7 +130,7 @@ def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
 @pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     epochs = 30
-    p = harness("-m", "loss=bce,mse", "train.lr=2,8", f"train.epochs={epochs}", cwd=tmp_path)
+    p = harness("-m", "loss=bce,mse", "train.lr=2,8", f"train.epochs={epochs}", "tracking.run_lines=true", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     launched = [line.split("] ", 1)[1].strip() for line in p.stdout.splitlines() if "[HYDRA] \t#" in line]
     assert launched == [f"#{k} : loss={lo} train.epochs={epochs} [2 runs: train.lr=2,8]"
@@ -196,7 +196,7 @@ def test_a_job_that_raises_is_failed_with_its_traceback(compose_cfg, store, monk
     def boom(*args, **kwargs):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr(harness.app, "train_replicas", boom)
+    monkeypatch.setattr(harness.app, "train", boom)
     cfgs = [compose_cfg(f"tracking.uri={store}", "train.epochs=1", f"seed={s}") for s in seeds]
     with pytest.raises(RuntimeError):
         run_job(cfgs[0]) if len(cfgs) == 1 else run_replicas(cfgs)
@@ -218,7 +218,7 @@ def test_ctrl_c_ends_the_run_killed(compose_cfg, store, monkeypatch, seeds):
             on_epoch(r, 0, {"train_loss": 1.0 + r})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.app, "train_replicas", interrupted)
+    monkeypatch.setattr(harness.app, "train", interrupted)
     cfgs = [compose_cfg(f"tracking.uri={store}", f"seed={s}") for s in seeds]
     with pytest.raises(KeyboardInterrupt):
         run_job(cfgs[0]) if len(cfgs) == 1 else run_replicas(cfgs)

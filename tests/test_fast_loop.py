@@ -1,4 +1,4 @@
-"""The fast training loop: the fused step, the evaluation shortcuts and float32 change speed, not results."""
+"""The engine's fast paths: the fused step, the evaluation shortcuts and float32 change speed, not results."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from reference import evaluate_one, reference_metrics, sgd_epoch_one, stack_of, train_one
 
 from harness.config import ConfigError, validate
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.nn.data import load
-from harness.nn.model import MLP
-from harness.nn.train import as_dtype, evaluate, outcome_of, sgd_epoch, train
+from harness.nn.network import MLP
+from harness.nn.training import as_dtype
 
 
 def _net(sizes, bias=True, seed=3, hidden="tanh", output="softmax", dtype=np.float64):
@@ -25,28 +26,29 @@ def _net(sizes, bias=True, seed=3, hidden="tanh", output="softmax", dtype=np.flo
 
 @pytest.mark.parametrize("hidden", ["sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_sgd_step_is_forward_backward_then_the_sgd_update(bias, hidden):
-    # Reference: the unfused step, gradients from backward() (itself checked against finite differences
-    # in test_train.py, with f′(z) computed from z), then p ← p − step·g for every parameter at once.
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_the_fused_step_is_the_books_update(bias, hidden, decay):
+    # Reference: MLP.update, forward then backward() (itself checked against finite differences in
+    # test_train.py) then W ← (1 − decay)·W − step·∂C/∂W; the engine's fused, buffered step on a stack of one.
     rng = np.random.default_rng(0)
     loss, rule, step = LOSSES["cce"], DELTA_RULES["chain"], 0.3 / 7
-    fused, plain = _net([3, 5, 4, 2], bias, hidden=hidden), _net([3, 5, 4, 2], bias, hidden=hidden)
+    book = _net([3, 5, 4, 2], bias, hidden=hidden)
+    fused = stack_of(book)
+    err = lambda z, a, y: rule.delta(loss, book.output, z, a, y)  # noqa: E731
     for m in (7, 7, 3, 7):  # a few steps and two batch sizes: a stale buffer or an early update would show
         x, y = rng.normal(size=(m, 3)), np.eye(2)[rng.integers(0, 2, m)]
-        cache, a = plain.forward(x)
-        grad_w, grad_b = plain.backward(cache, rule.delta(loss, plain.output, cache.z_out, a, y))
-        for p, g in zip(plain.parameters(), [*grad_w, *grad_b]):
-            p -= step * g
-        fused.sgd_step(x, y, lambda z, a, y: rule.delta(loss, fused.output, z, a, y), step)
+        book.update(x, y, err, step, decay=decay)
+        fused.sgd_step(x[None], y[None], err, np.array([step]), decays=np.array([decay]) if decay else None)
     assert len(fused.parameters()) == (6 if bias else 3)
-    for p, q in zip(fused.parameters(), plain.parameters()):
+    for p, q in zip(fused.replica(0).parameters(), book.parameters()):
         np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-14)
 
 
 def test_sgd_step_rejects_a_batch_of_another_dtype():
-    model = _net([2, 3, 2])
+    model = stack_of(_net([2, 3, 2]))
     with pytest.raises(TypeError, match="float32"):
-        model.sgd_step(np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32), lambda z, a, y: a - y, 0.1)
+        model.sgd_step(np.zeros((1, 4, 2), np.float32), np.zeros((1, 4, 2), np.float32), lambda z, a, y: a - y,
+                       np.array([0.1]))  # fmt: skip
 
 
 def test_evaluate_shortcuts_give_the_metrics_of_separate_passes():
@@ -56,20 +58,20 @@ def test_evaluate_shortcuts_give_the_metrics_of_separate_passes():
     copied = dataclasses.replace(xor, x_test=xor.x_test.copy(), y_test=xor.y_test.copy())
     model = _net([2, 4, 2], output="sigmoid")
     for rule in ("ng", "chain"):
-        fast = evaluate(model, xor, LOSSES["mse"], DELTA_RULES[rule])
-        slow = evaluate(model, copied, LOSSES["mse"], DELTA_RULES[rule])
+        fast = evaluate_one(model, xor, LOSSES["mse"], DELTA_RULES[rule])
+        slow = evaluate_one(model, copied, LOSSES["mse"], DELTA_RULES[rule])
         assert fast == slow
         assert fast["test_loss"] == fast["train_loss"]
-    assert evaluate(model, xor, LOSSES["mse"], DELTA_RULES["chain"])["grad_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert evaluate_one(model, xor, LOSSES["mse"], DELTA_RULES["chain"])["grad_cosine"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_train_stops_with_the_outcome_outcome_of_reports():
-    # train() reuses the evaluation's outputs to decide the outcome; outcome_of() recomputes them.
+def test_train_stops_with_the_outcome_its_definition_gives():
+    # train() reuses the evaluation's outputs to decide the outcome; the reference recomputes it by definition.
     data, loss = load("xor"), LOSSES["bce"]
     model = _net([2, 4, 2], output="tanh", hidden="sigmoid")
-    r = train(model, data, loss, DELTA_RULES["ng"], epochs=50, lr=2.0, batch_size=4,
-              rng=np.random.default_rng(1), progress=False)  # fmt: skip
-    assert r.outcome == outcome_of(model, data, loss, DELTA_RULES["ng"]) in ("undefined", "completed")
+    r = train_one(model, data, loss, DELTA_RULES["ng"], epochs=50, lr=2.0, batch_size=4, rng=np.random.default_rng(1))
+    _, outcome = reference_metrics(model, data, loss.for_activation(model.output), DELTA_RULES["ng"])
+    assert r.outcome == outcome in ("undefined", "completed")
     assert r.epochs_run == 50  # an undefined loss does not stop training
 
 
@@ -80,8 +82,8 @@ def test_float32_training_stays_float32_and_tracks_float64():
     runs = {}
     for name, data in (("64", data64), ("32", data32)):
         model = _net([2, 4, 2], output="sigmoid", hidden="sigmoid", dtype=data.x_train.dtype)
-        runs[name] = train(model, data, LOSSES["bce"], DELTA_RULES["ng"], epochs=100, lr=2.0, batch_size=4,
-                           rng=np.random.default_rng(1), progress=False)  # fmt: skip
+        runs[name] = train_one(model, data, LOSSES["bce"], DELTA_RULES["ng"], epochs=100, lr=2.0, batch_size=4,
+                               rng=np.random.default_rng(1))  # fmt: skip
         assert all(p.dtype == data.x_train.dtype for p in model.parameters())
     # same starting weights (float32 = rounded float64) and shuffles: the runs differ only by rounding
     assert runs["32"].final["train_loss"] == pytest.approx(runs["64"].final["train_loss"], rel=1e-4)
@@ -94,7 +96,7 @@ def test_sgd_epoch_in_float32_matches_float64_step():
     m32 = MLP([w.astype(np.float32) for w in m64.weights], [b.astype(np.float32) for b in m64.biases],
               m64.hidden, m64.output)  # fmt: skip
     for m, d in ((m64, data), (m32, as_dtype(data, np.float32))):
-        sgd_epoch(m, d, LOSSES["mse"], DELTA_RULES["ng"], 0.1, 2, np.random.default_rng(5))
+        sgd_epoch_one(m, d, LOSSES["mse"], DELTA_RULES["ng"], 0.1, 2, np.random.default_rng(5))
     for p, q in zip(m32.parameters(), m64.parameters()):
         assert p.dtype == np.float32
         np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-6)

@@ -155,7 +155,9 @@ def test_folded_and_unfolded_sweeps_leave_identical_stores(tmp_path):
 
 def test_resume_skips_the_finished_replicas_of_a_folded_job(tmp_path):
     sweep(tmp_path, "loss=bce,mse", "seed=0,1", "train.epochs=5")
-    p = sweep(tmp_path, "loss=bce,mse", "seed=0,1,2", "train.epochs=5", "tracking.resume=true")
+    p = sweep(
+        tmp_path, "loss=bce,mse", "seed=0,1,2", "train.epochs=5", "tracking.resume=true", "tracking.run_lines=true"
+    )
     assert p.stdout.count("harness: skipped") == 4
     assert p.stdout.count("harness: bce-sigmoid-ng-s2 on xor:") == 1
     runs = store_contents(tmp_path / "mlflow.db")

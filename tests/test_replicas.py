@@ -1,5 +1,7 @@
-"""Replicas: replica r of a stack is the single run with its seed and learning rate, to 1e-12: every logged
-metric (both cosines included), the outcome, the epochs run and the undefined epochs, and the weights."""
+"""The engine against the reference: replica r of a stack trained by :func:`harness.nn.training.train` is the
+reference network with its seed and learning rate trained by the book's equations (tests/reference.py), to
+1e-12: every logged metric (both cosines included), the outcome, the epochs run and the undefined epochs, and the
+weights."""
 
 from __future__ import annotations
 
@@ -7,21 +9,23 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from reference import reference_run
 
-from harness.app import build_model, shuffle_rng
+from harness.app import build_stack
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.nn.data import Dataset, load, mnist
-from harness.nn.replicas import ReplicaMLP, train_replicas
-from harness.nn.train import as_dtype, train
+from harness.nn.network import MLP
+from harness.nn.stack import ReplicaMLP
+from harness.nn.training import as_dtype, shuffle_rngs, train
 
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 TOL32 = {"rtol": 1e-5, "atol": 1e-6}  # float32: a few ulp (the stack adds each bias inside the product)
 
 
 def _cfg(seed, loss, activation, delta, hidden, hidden_activation="sigmoid", init="nielsen", bias=True):
-    """The parts of a run's config that ``build_model`` and ``shuffle_rng`` read."""
+    """The parts of a run's config that ``build_stack`` reads."""
     model = SimpleNamespace(
         hidden=hidden, hidden_activation=hidden_activation, init=init, bias=bias, init_weight=0.0, init_bias=0.0
     )
@@ -44,14 +48,13 @@ def _compare(data, loss, activation, delta, hidden, seeds, lrs, *, epochs, batch
     tol = TOL if data.x_train.dtype == np.float64 else TOL32
     lo, rule = LOSSES[loss], DELTA_RULES[delta]
     cfgs = [_cfg(s, loss, activation, delta, hidden, **model_kw) for s in seeds]
-    singles = [build_model(c, data) for c in cfgs]
-    stack = ReplicaMLP.stack(singles)  # copies: the singles train on below
-    results = train_replicas(
-        stack, data, lo, rule, epochs=epochs, lrs=lrs, batch_size=batch_size, seeds=seeds, eval_every=eval_every
-    )
-    for r, (cfg, single, lr) in enumerate(zip(cfgs, singles, lrs)):
-        ref = train(single, data, lo, rule, epochs=epochs, lr=lr, batch_size=batch_size, rng=shuffle_rng(cfg),
-                    eval_every=eval_every, progress=False)  # fmt: skip
+    stack = build_stack(cfgs[0], seeds, data)
+    singles = [stack.replica(r) for r in range(len(seeds))]  # copies: the references train on below
+    results = train(stack, data, lo, rule, epochs=epochs, lrs=lrs, batch_size=batch_size, seeds=seeds,
+                    eval_every=eval_every)  # fmt: skip
+    for r, (single, lr, rng) in enumerate(zip(singles, lrs, shuffle_rngs(seeds))):
+        ref = reference_run(single, data, lo, rule, epochs=epochs, lr=lr, batch_size=batch_size, rng=rng,
+                            eval_every=eval_every)  # fmt: skip
         got = results[r]
         assert (got.outcome, got.epochs_run, got.undefined_epochs, got.epochs) == (
             ref.outcome, ref.epochs_run, ref.undefined_epochs, ref.epochs
@@ -61,20 +64,22 @@ def _compare(data, loss, activation, delta, hidden, seeds, lrs, *, epochs, batch
             np.testing.assert_allclose(
                 [h[name] for h in got.history], [h[name] for h in ref.history], **tol, err_msg=f"{r} {name}"
             )
+        # A diverging network amplifies rounding (the engine scales δ before the product, the book after it):
+        # its weights, ≈ 1e61 when it stops, agree to 1e-9 relative.
+        wtol = tol if ref.outcome != "diverged" else {"rtol": 1e-9, "atol": 0}
         for p, q in zip(stack.replica(r).parameters(), single.parameters()):
-            np.testing.assert_allclose(p, q, **tol, err_msg=f"replica {r} weights")
+            np.testing.assert_allclose(p, q, **wtol, err_msg=f"replica {r} weights")
     return results
 
 
-def test_initial_weights_are_build_models_for_each_seed():
+def test_replica_r_starts_from_the_reference_network_with_its_seed():
     data = load("xor")
     seeds = [0, 7, 3]
-    cfgs = [_cfg(s, "bce", "sigmoid", "ng", [4]) for s in seeds]
-    stack = ReplicaMLP.initialise(
-        [2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"], seeds, dtype=data.x_train.dtype
-    )
-    for r, cfg in enumerate(cfgs):
-        for p, q in zip(stack.replica(r).parameters(), build_model(cfg, data).parameters()):
+    sig = HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"]
+    stack = build_stack(_cfg(0, "bce", "sigmoid", "ng", [4]), seeds, data)
+    for r, seed in enumerate(seeds):
+        single = MLP.initialise([2, 4, 2], *sig, np.random.default_rng(seed), dtype=data.x_train.dtype)
+        for p, q in zip(stack.replica(r).parameters(), single.parameters()):
             np.testing.assert_array_equal(p, q)
     assert stack.weights[0].shape == (3, 2, 4) and stack.biases[1].shape == (3, 2)
 

@@ -122,15 +122,16 @@ def test_report_of_a_missing_experiment_or_store_is_one_clear_error(tmp_path, st
     assert not (tmp_path / "reports").exists()
 
 
-def _start_sweep(store: str, experiment: str, out: Path) -> str:
+def _start_sweep(store: str, experiment: str, out: Path) -> harness.sweep.Sweep:
     parent = Run.start(store, experiment, "sweep", {"harness.sweep_dir": "/tmp/sweep"})
-    harness.sweep._parent.update(run=parent, sweep_dir="/tmp/sweep", report=(experiment, store, str(out)))
-    return parent.run_id
+    experiment_id = MlflowClient(store).get_experiment_by_name(experiment).experiment_id
+    return harness.sweep.Sweep(parent, "/tmp/sweep", experiment_id, "sweep", report=(experiment, store, str(out)))
 
 
 def test_a_report_that_fails_is_printed_and_the_parent_still_ends(store, tmp_path, capsys):
-    parent = _start_sweep(store, "no_runs", tmp_path / "out")  # no child ran: load() refuses, nothing raised
-    harness.sweep.end_parent("FINISHED")
+    sweep = _start_sweep(store, "no_runs", tmp_path / "out")  # no child ran: load() refuses, nothing raised
+    parent = sweep.run.run_id
+    sweep.end("FINISHED")
     err = capsys.readouterr().err
     assert "could not write the report of 'no_runs'" in err and "has no finished runs" in err
     assert MlflowClient(store).get_run(parent).info.status == "FINISHED"
@@ -139,7 +140,8 @@ def test_a_report_that_fails_is_printed_and_the_parent_still_ends(store, tmp_pat
 
 @pytest.mark.slow
 def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_path, monkeypatch):
-    parent = _start_sweep(store, "partial", tmp_path / "out")
+    sweep = _start_sweep(store, "partial", tmp_path / "out")
+    parent = sweep.run.run_id
     shrink = [f"tracking.uri={store}", "tracking.experiment=partial", "train.epochs=10"]
     for seed in (0, 1):
         run_job(compose_cfg(*shrink, f"seed={seed}"), parent_run_id=parent)
@@ -147,10 +149,10 @@ def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_pat
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(harness.app, "train_replicas", boom)
+    monkeypatch.setattr(harness.app, "train", boom)
     with pytest.raises(RuntimeError):
         run_job(compose_cfg(*shrink, "seed=2"), parent_run_id=parent)
-    harness.sweep.end_parent("FAILED")
+    sweep.end("FAILED")
     assert MlflowClient(store).get_run(parent).info.status == "FAILED"
     nb = nbformat.read(tmp_path / "out" / "partial.ipynb", as_version=4)
     assert _errors(nb) == []

@@ -104,7 +104,8 @@ def test_sigint_mid_sweep_ends_every_run_and_resume_completes_it(tmp_path, launc
         return
     finished_before = {r.data.tags["harness.config_hash"] for r in children(runs) if r.info.status == "FINISHED"}
 
-    p = subprocess.run(harness_cmd(*SWEEP, *launcher, "tracking.resume=true"), cwd=tmp_path, capture_output=True,
+    again = harness_cmd(*SWEEP, *launcher, "tracking.resume=true", "tracking.run_lines=true")
+    p = subprocess.run(again, cwd=tmp_path, capture_output=True,
                        text=True, env=harness_env(), timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("harness: skipped") == len(finished_before)

@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from reference import evaluate_one, reference_metrics, train_one
 from scipy.special import logsumexp
 
 from harness import names
@@ -18,8 +19,7 @@ from harness.core.deltas import DELTA_RULES, is_exact, pairing
 from harness.core.gradcheck import table
 from harness.core.losses import LOSSES
 from harness.nn.data import Dataset, load
-from harness.nn.model import MLP
-from harness.nn.train import evaluate, outcome_of, train
+from harness.nn.network import MLP
 
 H = 1e-6
 ACTIVATIONS = OUTPUT_ACTIVATIONS.names()
@@ -161,17 +161,22 @@ def fd_grad(model: MLP, objective) -> np.ndarray:
     return np.concatenate(out)
 
 
-def oracle_cosines(model: MLP, data: Dataset, loss: str, rule: str) -> tuple[float, float]:
+def oracle_cosines(model: MLP, data: Dataset, loss: str, rule: str, l2: float = 0.0) -> tuple[float, float]:
     """(grad_cosine, delta_cosine) without MLP.backward: the true gradient is the finite-difference gradient
-    of C(θ) = mean loss; the rule's update is the finite-difference gradient of the surrogate
-    S(θ) = (1/n) Σₙ δₙ · zᴸₙ(θ) with the rule's δ held fixed at the current θ (backprop of δ is exactly ∂S/∂θ)."""
+    of C(θ) = mean loss + λ/(2n)·Σw²; the rule's update is the finite-difference gradient of the surrogate
+    S(θ) = (1/n) Σₙ δₙ · zᴸₙ(θ) + λ/(2n)·Σw² with the rule's δ held fixed at the current θ (backprop of δ is
+    exactly ∂/∂θ of the first term)."""
     x, y = data.x_train, data.y_train
     lo = LOSSES[loss].for_activation(model.output)
     cache, a = model.forward(x)
     delta = DELTA_RULES[rule].delta(lo, model.output, cache.z_out, a, y)
     true_delta = DELTA_RULES["chain"].delta(lo, model.output, cache.z_out, a, y)
-    g_true = fd_grad(model, lambda: lo.mean(model.predict(x), y))
-    g_rule = fd_grad(model, lambda: np.sum(delta * model.forward(x)[0].z_out) / len(x))
+
+    def penalty() -> float:
+        return l2 / (2 * len(x)) * sum(np.sum(w**2) for w in model.weights)
+
+    g_true = fd_grad(model, lambda: lo.mean(model.predict(x), y) + penalty())
+    g_rule = fd_grad(model, lambda: np.sum(delta * model.forward(x)[0].z_out) / len(x) + penalty())
 
     def cos(u, v):
         return float(u.ravel() @ v.ravel() / (np.linalg.norm(u) * np.linalg.norm(v)))
@@ -181,7 +186,7 @@ def oracle_cosines(model: MLP, data: Dataset, loss: str, rule: str) -> tuple[flo
 
 def small_problem(output: str, hidden: str, seed: int) -> tuple[MLP, Dataset]:
     rng = np.random.default_rng(seed)
-    model = MLP.nielsen_init([3, 4, 3, 2], HIDDEN_ACTIVATIONS[hidden], OUTPUT_ACTIVATIONS[output], rng)
+    model = MLP.initialise([3, 4, 3, 2], HIDDEN_ACTIVATIONS[hidden], OUTPUT_ACTIVATIONS[output], rng)
     x = rng.normal(0, 1, (7, 3))
     y = np.eye(2)[rng.integers(0, 2, 7)]
     return model, Dataset("tiny", x, y, x, y, "")
@@ -199,11 +204,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("loss,output,rule,hidden", CASES)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_grad_cosine_against_finite_differences_of_the_loss(loss, output, rule, hidden, seed):
+@pytest.mark.parametrize("seed,l2", [(0, 0.0), (1, 0.0), (2, 0.8)])
+def test_grad_cosine_against_finite_differences_of_the_loss(loss, output, rule, hidden, seed, l2):
     model, data = small_problem(output, hidden, seed)
-    got = evaluate(model, data, LOSSES[loss], DELTA_RULES[rule])
-    grad_cos, delta_cos = oracle_cosines(model, data, loss, rule)
+    got = evaluate_one(model, data, LOSSES[loss], DELTA_RULES[rule], l2=l2)
+    grad_cos, delta_cos = oracle_cosines(model, data, loss, rule, l2)
     assert got[names.GRAD_COSINE] == pytest.approx(grad_cos, abs=1e-6)
     assert got[names.DELTA_COSINE] == pytest.approx(delta_cos, abs=1e-9)
 
@@ -222,15 +227,15 @@ def test_output_delta_agrees_in_sign_while_the_parameter_update_points_uphill():
     a = np.tanh(x)
     data = Dataset("hand", x, a - 0.5, x, a - 0.5, "")
     t = 1 - np.tanh(np.array([1.0, -2.0])) ** 2
-    got = evaluate(model, data, LOSSES["mse"], DELTA_RULES["ng"])
+    got = evaluate_one(model, data, LOSSES["mse"], DELTA_RULES["ng"])
     assert got[names.DELTA_COSINE] == pytest.approx((t[0] + t[1]) / (np.sqrt(2) * np.hypot(*t)), rel=1e-12)
     assert got[names.DELTA_COSINE] == pytest.approx(0.814614, abs=1e-6)
     assert got[names.GRAD_COSINE] == -1.0
     # and the loss indeed goes up after Ng's step (η = 0.1; the true gradient step would lower it)
     before = got[names.TRAIN_LOSS]
-    train(model, data, LOSSES["mse"], DELTA_RULES["ng"], epochs=1, lr=0.1, batch_size=2,
-          rng=np.random.default_rng(0), progress=False)  # fmt: skip
-    assert evaluate(model, data, LOSSES["mse"], DELTA_RULES["ng"])[names.TRAIN_LOSS] > before
+    train_one(model, data, LOSSES["mse"], DELTA_RULES["ng"], epochs=1, lr=0.1, batch_size=2,
+              rng=np.random.default_rng(0))  # fmt: skip
+    assert evaluate_one(model, data, LOSSES["mse"], DELTA_RULES["ng"])[names.TRAIN_LOSS] > before
 
 
 # --- an undefined loss is a condition of an epoch, not a stop ------------------------------------------------
@@ -257,10 +262,10 @@ def test_undefined_epochs_are_logged_counted_and_tagged(compose_cfg, store):
 
 def test_undefined_epochs_count_only_evaluated_epochs():
     data = load("xor")
-    model = MLP.nielsen_init([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["identity"],
-                             np.random.default_rng(0))  # fmt: skip
-    r = train(model, data, LOSSES["bce"], DELTA_RULES["ng"], epochs=40, lr=2.0, batch_size=4,
-              rng=np.random.default_rng(1), eval_every=10, progress=False)  # fmt: skip
+    model = MLP.initialise([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["identity"],
+                            np.random.default_rng(0))  # fmt: skip
+    r = train_one(model, data, LOSSES["bce"], DELTA_RULES["ng"], epochs=40, lr=2.0, batch_size=4,
+                  rng=np.random.default_rng(1), eval_every=10)  # fmt: skip
     assert r.epochs == [0, 10, 20, 30, 40] and r.epochs_run == 40
     assert r.undefined_epochs == sum(np.isnan(h["train_loss"]) for h in r.history) <= 5
 
@@ -268,10 +273,10 @@ def test_undefined_epochs_count_only_evaluated_epochs():
 @pytest.mark.parametrize("loss,output", [("bce", "identity"), ("cce", "identity"), ("mse", "identity")])
 def test_a_huge_step_diverges_and_stops(loss, output):
     data = load("xor")
-    model = MLP.nielsen_init([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS[output],
-                             np.random.default_rng(0))  # fmt: skip
-    r = train(model, data, LOSSES[loss], DELTA_RULES["ng"], epochs=400, lr=1e8, batch_size=4,
-              rng=np.random.default_rng(1), progress=False)  # fmt: skip
+    model = MLP.initialise([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS[output],
+                            np.random.default_rng(0))  # fmt: skip
+    r = train_one(model, data, LOSSES[loss], DELTA_RULES["ng"], epochs=400, lr=1e8, batch_size=4,
+                  rng=np.random.default_rng(1))  # fmt: skip
     assert r.outcome == "diverged" and r.epochs_run < 400 and r.epochs[-1] == r.epochs_run
 
 
@@ -286,13 +291,14 @@ class _NanRule:
 
 def test_a_non_finite_rule_delta_is_diverged():
     data = load("xor")
-    model = MLP.nielsen_init([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"],
-                             np.random.default_rng(0))  # fmt: skip
+    model = MLP.initialise([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"],
+                            np.random.default_rng(0))  # fmt: skip
     assert model.is_finite()
-    assert outcome_of(model, data, LOSSES["bce"], _NanRule()) == "diverged"
-    assert outcome_of(model, data, LOSSES["bce"], DELTA_RULES["ng"]) == "completed"
-    r = train(model, data, LOSSES["bce"], _NanRule(), epochs=5, lr=1.0, batch_size=4,
-              rng=np.random.default_rng(1), progress=False)  # fmt: skip
+    bce = LOSSES["bce"].for_activation(model.output)
+    assert reference_metrics(model, data, bce, _NanRule())[1] == "diverged"
+    assert reference_metrics(model, data, bce, DELTA_RULES["ng"])[1] == "completed"
+    r = train_one(model, data, LOSSES["bce"], _NanRule(), epochs=5, lr=1.0, batch_size=4,
+                  rng=np.random.default_rng(1))  # fmt: skip
     assert r.outcome == "diverged" and r.epochs == [0] and np.isnan(r.final[names.GRAD_COSINE])
 
 
@@ -300,8 +306,8 @@ def test_a_non_finite_rule_delta_is_diverged():
 def test_log_losses_on_unbounded_or_signed_outputs_now_train(loss, output, rule):
     # The "third of every grid" that used to stop at epoch 0: every one trains to the end.
     data = load("xor")
-    model = MLP.nielsen_init([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS[output],
-                             np.random.default_rng(2))  # fmt: skip
-    r = train(model, data, LOSSES[loss], DELTA_RULES[rule], epochs=100, lr=1.0, batch_size=4,
-              rng=np.random.default_rng(3), progress=False)  # fmt: skip
+    model = MLP.initialise([2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS[output],
+                            np.random.default_rng(2))  # fmt: skip
+    r = train_one(model, data, LOSSES[loss], DELTA_RULES[rule], epochs=100, lr=1.0, batch_size=4,
+                  rng=np.random.default_rng(3))  # fmt: skip
     assert r.epochs_run == 100 and r.outcome in ("undefined", "completed")

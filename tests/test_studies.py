@@ -14,13 +14,13 @@ from conftest import ROOT, harness_env
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+from reference import train_one
 
-from harness.app import build_model
+from harness.app import build_stack
 from harness.config import validate
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.nn.data import load
-from harness.nn.train import train
 
 PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 
@@ -139,7 +139,7 @@ def test_seed_xor_is_the_posted_numpy_program(compose_cfg, rule):
     epochs = 300
     cfg = compose_cfg("+experiment=seed_xor", f"delta={rule}", f"train.epochs={epochs}", "train.eval_every=1", "seed=3")
     data = load(cfg.dataset.name)
-    model = build_model(cfg, data)
+    model = build_stack(cfg, [cfg.seed], data).replica(0)
     syn0, syn1 = (w.copy() for w in model.weights)  # the program's U[-1, 1) weights, from the same seed
     assert syn0.shape == (3, 4) and syn1.shape == (4, 1) and not model.use_bias
     assert syn0.min() >= -1 and syn0.max() < 1
@@ -153,7 +153,7 @@ def test_seed_xor_is_the_posted_numpy_program(compose_cfg, rule):
         l1_delta = (l2_delta @ syn1.T) * l1 * (1 - l1)
         syn1 = syn1 + l1.T @ l2_delta
         syn0 = syn0 + X.T @ l1_delta
-    result = train(
+    result = train_one(
         model, data, LOSSES["mse"], DELTA_RULES[rule], epochs=epochs, lr=cfg.train.lr,
         batch_size=cfg.train.batch_size, rng=np.random.default_rng(0), reduction=cfg.train.reduction,
     )  # fmt: skip

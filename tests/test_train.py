@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import sgd_epoch_one, train_one
 
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.nn.data import load, mnist
-from harness.nn.model import MLP
-from harness.nn.train import accuracy, cosine, sgd_epoch, train
+from harness.nn.evaluation import accuracy, cosine
+from harness.nn.network import MLP
 
 
 def test_one_hand_worked_sgd_step_on_xor():
@@ -25,16 +26,19 @@ def test_one_hand_worked_sgd_step_on_xor():
     #        → [[0.0625, −0.45], [0, −0.325]]
     # ∂C/∂b = Σδ / 4 = (−0.5, −2.6) / 4 = (−0.125, −0.65)
     # η = 0.1: W ← W − η ∂C/∂W = [[0.49375, −0.455], [0.25, 0.0325]];  b ← (0.0125, 0.165)
-    sgd_epoch(model, data, LOSSES["mse"], DELTA_RULES["ng"], lr=0.1, batch_size=4, rng=np.random.default_rng(0))
-    np.testing.assert_allclose(model.weights[0], [[0.49375, -0.455], [0.25, 0.0325]], rtol=0, atol=1e-15)
-    np.testing.assert_allclose(model.biases[0], [0.0125, 0.165], rtol=0, atol=1e-15)
+    book = MLP([w.copy()], [b.copy()], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["identity"])
+    sgd_epoch_one(model, data, LOSSES["mse"], DELTA_RULES["ng"], lr=0.1, batch_size=4, rng=np.random.default_rng(0))
+    book.update(data.x_train, data.y_train, lambda z, a, y: a - y, step=0.1 / 4)  # the reference, by the book
+    for net in (model, book):  # the engine (a stack of one) and the reference
+        np.testing.assert_allclose(net.weights[0], [[0.49375, -0.455], [0.25, 0.0325]], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(net.biases[0], [0.0125, 0.165], rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("hidden_act", ["sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("loss,output", [("bce", "sigmoid"), ("cce", "softmax"), ("mse", "tanh")])
 def test_backprop_with_chain_rule_is_the_gradient_of_the_batch_loss(hidden_act, loss, output):
     rng = np.random.default_rng(7)
-    model = MLP.nielsen_init([3, 5, 4, 2], HIDDEN_ACTIVATIONS[hidden_act], OUTPUT_ACTIVATIONS[output], rng)
+    model = MLP.initialise([3, 5, 4, 2], HIDDEN_ACTIVATIONS[hidden_act], OUTPUT_ACTIVATIONS[output], rng)
     x = rng.normal(0, 1, (6, 3))
     y = np.eye(2)[rng.integers(0, 2, 6)]
     lo = LOSSES[loss]
@@ -58,13 +62,13 @@ def test_backprop_with_chain_rule_is_the_gradient_of_the_batch_loss(hidden_act, 
 
 def run(loss="bce", act="sigmoid", rule="ng", seed=0, epochs=200, lr=2.0, dataset="xor", hidden=(4,), bs=4):
     data = load(dataset)
-    model = MLP.nielsen_init(
+    model = MLP.initialise(
         [data.n_inputs, *hidden, data.n_outputs],
         HIDDEN_ACTIVATIONS["sigmoid"],
         OUTPUT_ACTIVATIONS[act],
         np.random.default_rng(seed),
     )
-    return train(
+    return train_one(
         model,
         data,
         LOSSES[loss],
@@ -73,7 +77,6 @@ def run(loss="bce", act="sigmoid", rule="ng", seed=0, epochs=200, lr=2.0, datase
         lr=lr,
         batch_size=bs,
         rng=np.random.default_rng([seed, 1]),
-        progress=False,
     )
 
 
@@ -176,8 +179,9 @@ def test_mnist_default_reaches_088(compose_cfg):
 def test_accuracy_and_cosine_helpers():
     assert accuracy(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1.0, 0.0], [1.0, 0.0]])) == 0.5
     assert accuracy(np.array([[0.7], [0.2]]), np.array([[1.0], [1.0]])) == 0.5
-    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
-    assert cosine(np.array([1.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx(1.0)
+    assert cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]))[0] == 0.0
+    assert cosine(np.array([[1.0, 1.0]]), np.array([[2.0, 2.0]]))[0] == pytest.approx(1.0)
+    assert list(cosine(np.zeros((2, 3)), np.array([[0.0, 0, 0], [1, 0, 0]]))) == [1.0, 0.0]  # both zero / one zero
 
 
 def test_init_schemes_bias_free_and_summed_steps():
@@ -193,17 +197,17 @@ def test_init_schemes_bias_free_and_summed_steps():
     # η = 0.5, reduction=sum: W ← 0 − 0.5 · (−1, −1, −2) = (0.5, 0.5, 1.0)
     data = load("xor1")
     net = MLP.initialise([3, 1], sig, OUTPUT_ACTIVATIONS["identity"], rng, scheme="constant", bias=False)
-    sgd_epoch(net, data, LOSSES["mse"], DELTA_RULES["ng"], 0.5, 4, np.random.default_rng(0), reduction="sum")
+    sgd_epoch_one(net, data, LOSSES["mse"], DELTA_RULES["ng"], 0.5, 4, np.random.default_rng(0), reduction="sum")
     np.testing.assert_allclose(net.weights[0][:, 0], [0.5, 0.5, 1.0], rtol=0, atol=1e-15)
 
 
 def test_eval_every_logs_first_every_kth_and_last_epoch():
     data = load("xor")
-    model = MLP.nielsen_init(
+    model = MLP.initialise(
         [2, 4, 2], HIDDEN_ACTIVATIONS["sigmoid"], OUTPUT_ACTIVATIONS["sigmoid"], np.random.default_rng(0)
     )
     seen = []
-    r = train(
+    r = train_one(
         model,
         data,
         LOSSES["bce"],
@@ -213,7 +217,6 @@ def test_eval_every_logs_first_every_kth_and_last_epoch():
         batch_size=4,
         rng=np.random.default_rng(1),
         eval_every=10,
-        on_epoch=lambda e, m: seen.append(e),
-        progress=False,
+        on_epoch=lambda r, e, m: seen.append(e),
     )
     assert seen == r.epochs == [0, 10, 20, 23]

@@ -1,4 +1,10 @@
-"""The network and its training: the numpy MLP, minibatch SGD with a chosen delta rule, the datasets.
+"""The network and its training, in numpy; knows nothing of Hydra or MLflow (metrics go out through a callback).
 
-Builds on :mod:`harness.core`; knows nothing of Hydra or MLflow (metrics go out through a callback).
+- :mod:`.weights`: the initial weights (one draw per seed);
+- :mod:`.network`: the reference MLP, Nielsen's four equations as the book writes them (what the tests compare
+  the engine against);
+- :mod:`.stack`: the engine's network, R replicas as one stack (a single run is R = 1);
+- :mod:`.evaluation`: the epoch metrics and the outcomes;
+- :mod:`.training`: the epoch loop, minibatch SGD and the logging cadence;
+- :mod:`.data`: the datasets.
 """

@@ -345,7 +345,7 @@ def write_report(
 
 
 def after_sweep(experiment: str, uri: str, parent_run_id: str, out: str | Path) -> None:
-    """The end-of-sweep hook (``harness.sweep.end_parent``): write the report, print where it is.
+    """The end-of-sweep hook (``harness.sweep.Sweep.end``): write the report, print where it is.
 
     Never raises: a report that cannot be written is reported on stderr, and the sweep's parent run is
     still ended by the caller.

@@ -64,10 +64,12 @@ class HarnessSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         """``BasicSweeper.sweep``, with each folded job's launch line shortened to its run count and folded
-        values (``harness.fold.LaunchLineFilter``): ``#0 : loss=bce ... [30 runs: seed=0..29]``."""
+        values (``harness.fold.LaunchLineFilter``): ``#0 : loss=bce ... [30 runs: seed=0..29]``; no launch lines
+        unless ``tracking.run_lines=true`` (the sweep shows a progress bar)."""
         from harness.fold import install_launch_line_filter
 
-        install_launch_line_filter()
+        tracking = self.config.get("tracking") if self.config is not None else None
+        install_launch_line_filter(quiet=not (tracking is not None and tracking.get("run_lines", False)))
         return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:

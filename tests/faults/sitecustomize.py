@@ -7,11 +7,11 @@ import os
 if os.environ.get("HARNESS_FAIL_SEED"):
     import harness.app
 
-    _train = harness.app.train_replicas
+    _train = harness.app.train
 
     def _failing_train(*args, **kwargs):
         if int(os.environ["HARNESS_FAIL_SEED"]) in kwargs["seeds"]:
             raise RuntimeError("injected failure for the test")
         return _train(*args, **kwargs)
 
-    harness.app.train_replicas = _failing_train
+    harness.app.train = _failing_train

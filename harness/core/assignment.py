@@ -81,13 +81,14 @@ def roll(params: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     """The inverse of :func:`unroll` for layer sizes (n_in, hidden..., n_out).
 
     Θ^{(l)} is sizes[l+1] × (1 + sizes[l]), its first column multiplying the bias unit."""
+    shapes = [(fan_out, 1 + fan_in) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    needed = sum(r * c for r, c in shapes)
+    if needed != len(params):
+        raise ValueError(f"{len(params)} parameters do not fit layer sizes {tuple(sizes)} ({needed} needed)")
     thetas, start = [], 0
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        n = fan_out * (1 + fan_in)
-        thetas.append(matlab_reshape(params[start : start + n], fan_out, 1 + fan_in))
-        start += n
-    if start != len(params):
-        raise ValueError(f"{len(params)} parameters do not fit layer sizes {tuple(sizes)} ({start} needed)")
+    for rows, cols in shapes:
+        thetas.append(matlab_reshape(params[start : start + rows * cols], rows, cols))
+        start += rows * cols
     return thetas
 
 

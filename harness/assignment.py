@@ -37,7 +37,7 @@ def markdown_table(rows: list[dict]) -> str:
 def report(rules: Sequence[str] = assignment.RULES) -> str:
     """The whole printed answer: verdict, points per part, and each rule's part-by-part numbers."""
     results = [assignment.result(r) for r in rules]
-    out = [assignment.answer(results), markdown_table(assignment.rows(results))]
+    out = [f"## {assignment.QUESTION}", assignment.answer(results), markdown_table(assignment.rows(results))]
     for r in results:
         lines = [f"**`{r.rule}`: {r.score} / 100**"]
         lines += [

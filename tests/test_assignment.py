@@ -258,6 +258,15 @@ def test_cost_part_values_and_sigmoid_gradient_by_reference():
     np.testing.assert_allclose(OUTPUT_ACTIVATIONS["sigmoid"].derivative(np.array(z)), want, rtol=1e-13)
 
 
+def test_rounding_margin_by_hand():
+    # 0.123452 prints 0.12345 and would print 0.12346 from 0.123455: 3e-6 away; −0.123452 likewise; 0.1 is 5e-6
+    # from both 0.099995 and 0.100005
+    assert A.rounding_margin(np.array([0.123452])) == pytest.approx(3e-6, rel=1e-6)
+    assert A.rounding_margin(np.array([-0.123452])) == pytest.approx(3e-6, rel=1e-6)
+    assert A.rounding_margin(np.array([0.1, 0.123452])) == pytest.approx(3e-6, rel=1e-6)
+    assert A.rounding_margin(np.array([0.1])) == pytest.approx(5e-6, rel=1e-6)
+
+
 def test_unknown_rule_names_the_allowed_ones():
     with pytest.raises(KeyError, match="unknown delta 'hinton'; allowed: ng, nielsen, chain"):
         A.grade("hinton")
@@ -269,7 +278,7 @@ def test_unknown_rule_names_the_allowed_ones():
 def test_answer_and_scores():
     results = [A.result(r) for r in A.RULES]
     text = A.answer(results)
-    assert text.startswith("**Will Nielsen's equations score full marks on Ng's assignment?** No:")
+    assert text.startswith("**Answer.** No: with Nielsen's quadratic-cost rule δ = (a − y) ⊙ σ′(z)")
     assert "`ng` 100, `nielsen` 50, `chain` 100" in text
     total = A.rows(results)[-1]
     assert total == {"part": "Total", "points": 100, "ng": 100, "nielsen": 50, "chain": 100}
@@ -295,7 +304,7 @@ def test_cli_bad_rules_exit_2_naming_the_option(capsys):
 
 def test_module_runs_without_hydra_or_mlflow():
     run = subprocess.run([sys.executable, "-m", "harness.assignment"], capture_output=True, text=True, check=True)
-    assert run.stdout.startswith("**Will Nielsen's equations score full marks on Ng's assignment?**")
+    assert run.stdout.startswith("## Will Nielsen's equations score full marks on Ng's assignment")
     code = "import sys, harness.assignment; print(sorted(m for m in ('hydra', 'mlflow', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

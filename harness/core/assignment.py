@@ -35,13 +35,14 @@ from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
 from harness.core.regularization import l2_gradient, l2_penalty
 
+QUESTION = "Will Nielsen's equations score full marks on Ng's assignment (Coursera ML ex4, backpropagation)?"
 RULES = ("ng", "nielsen", "chain")
 CHECK_EPSILON = 1e-4  # computeNumericalGradient's e
 CHECK_PASS = 1e-9  # checkNNGradients: "the relative difference will be small (less than 1e-9)"
 CHECK_LAMBDAS = (0.0, 3.0)  # ex4.m runs checkNNGradients, then checkNNGradients(3)
 GRADER_LAMBDAS = (0.0, 1.5)  # submit.m's parts 1 and 4 (λ = 0), 2 and 5 (λ = 1.5)
 DECIMALS = 5  # submit.m prints every number with sprintf('%0.5f ')
-# (name, points, the function it grades) per submit.m, in its order
+# (name, points) of submit.m's five parts, in its order
 PARTS = (
     ("Feedforward and cost function", 30),
     ("Regularized cost function", 15),
@@ -230,6 +231,13 @@ def _mismatches(got: np.ndarray | float, ref: np.ndarray | float) -> int:
     return sum(a != b for a, b in zip(printed(got), printed(ref)))
 
 
+def rounding_margin(values: np.ndarray) -> float:
+    """The smallest distance from any value to a point where its 5-decimal print changes (x.xxxxx5): an error
+    below this cannot change what the grader sees."""
+    scaled = np.asarray(values, dtype=np.float64) * 10**DECIMALS
+    return float(np.min(np.abs(scaled - np.floor(scaled) - 0.5)) / 10**DECIMALS)
+
+
 def reference_cost(problem: Problem, lam: float) -> float:
     """Ng's J written out as in ``nnCostFunction`` (log terms and the Θ(:, 2:end) sums), the grader's reference
     for the cost parts; :func:`cost` reaches it through the harness's loss and :func:`l2_penalty`."""
@@ -298,7 +306,8 @@ def _gradient_part(index: int, rule: str, problem: Problem, lam: float, check_la
     ok = bad == 0 and rel < CHECK_PASS
     detail = (
         f"grader (λ = {lam:g}): {bad} of {1 + len(grad)} printed numbers (J and {len(grad)} gradient entries) differ "
-        f"from the exact gradient's, max |grad − exact| = {np.max(np.abs(grad - exact)):.2e}; checkNNGradients "
+        f"from the exact gradient's, max |grad − exact| = {np.max(np.abs(grad - exact)):.2e} (the exact values lie "
+        f"≥ {rounding_margin(exact):.1e} from a rounding boundary); checkNNGradients "
         f"(λ = {check_lam:g}): relative difference {rel:.2e} ({'<' if rel < CHECK_PASS else '≥'} {CHECK_PASS:g})"
     )
     return Part(name, points, ok, detail, depends_on_rule=True)
@@ -366,10 +375,11 @@ def rows(results: Sequence[Result]) -> list[dict]:
 
 
 def answer(results: Sequence[Result]) -> str:
-    """The answer in Markdown: the verdict per rule with its score, why, and the numbers."""
+    """The answer to :data:`QUESTION` in Markdown, shaped like the report's answers: the verdict with each rule's
+    score first, then the numbers, then why."""
     by = {r.rule: r for r in results}
     scores = ", ".join(f"`{r.rule}` {r.score}" for r in results)
-    lead = "**Will Nielsen's equations score full marks on Ng's assignment?** "
+    lead = "**Answer.** "
     if "nielsen" in by:
         n = by["nielsen"]
         failed = [p.name.lower() for p in n.parts if not p.passed]

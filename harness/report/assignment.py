@@ -4,7 +4,8 @@
 (verdict and scores first, then the numbers) and two tables, the points per part and rule, and the numbers each
 gradient part stands on. It needs no study: the assignment fixes its networks, data and checks, so the
 section is the same for every experiment and is computed when the notebook runs (≈ 0.3 s).
-A notebook cell places it with ``from harness.report import assignment; assignment.section().show()``.
+A notebook places it like a question: a Markdown cell ``## {TITLE}`` and ``> {QUESTION}``, then a code cell
+``from harness.report import assignment; assignment.section().show()``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from harness.core import assignment
 from harness.report.questions import Answer
 
 TITLE = "Ng's assignment"
-QUESTION = "Will Nielsen's equations score full marks on Ng's assignment (Coursera ML ex4, backpropagation)?"
+QUESTION = assignment.QUESTION
 
 
 def scores(results: list[assignment.Result]) -> pd.DataFrame:

@@ -34,6 +34,7 @@ import numpy as np
 
 from harness.core.deltas import DELTA_RULES, DeltaRule
 from harness.core.losses import Loss
+from harness.core.regularization import l2_penalty
 from harness.names import DELTA_COSINE, GRAD_COSINE, TEST_ACCURACY, TEST_LOSS, TRAIN_ACCURACY, TRAIN_LOSS
 from harness.nn.data import Dataset
 from harness.nn.stack import ReplicaMLP
@@ -88,12 +89,12 @@ def loss_or_nan(loss: Loss, a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return means
 
 
-def l2_penalty(model: ReplicaMLP, l2: float, n: int) -> np.ndarray:
-    """Per replica, λ/(2n) · Σ w² over every weight (not the biases): the L2 term of the cost."""
+def stack_l2_penalty(model: ReplicaMLP, l2: float, n: int) -> np.ndarray:
+    """Per replica, :func:`harness.core.regularization.l2_penalty`: λ/(2n) · Σ w² over every weight (not the
+    biases), the L2 term of the cost."""
     if not l2:
         return np.zeros(model.n_replicas)
-    squares = sum(np.einsum("rij,rij->r", w, w) for w in model.weights)
-    return l2 / (2.0 * n) * squares
+    return np.array([l2_penalty([w[r] for w in model.weights], l2, n) for r in range(model.n_replicas)])
 
 
 def parameter_cosine(
@@ -163,7 +164,7 @@ def evaluate(model: ReplicaMLP, data: Dataset, loss: Loss, rule: DeltaRule, l2: 
     true = chain.delta(loss, model.output, z, a, y)
     used = true if is_chain else rule.delta(loss, model.output, z, a, y)
     same = data.x_test is data.x_train and data.y_test is data.y_train
-    penalty = l2_penalty(model, l2, len(y))
+    penalty = stack_l2_penalty(model, l2, len(y))
     train_loss, train_accuracy = loss_or_nan(loss, a, y) + penalty, accuracy(a, y)
     if same:
         test_loss, test_accuracy = train_loss, train_accuracy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ from omegaconf import MISSING
 from harness.core.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from harness.core.deltas import DELTA_RULES
 from harness.core.losses import LOSSES
-from harness.nn.data import DATASET_OUTPUTS, DATASETS
+from harness.nn.data import DATASET_OUTPUTS, DATASET_SHAPES, DATASETS
+from harness.nn.stack import estimate_bytes
 from harness.nn.training import DTYPES, REDUCTIONS
 from harness.nn.weights import INIT_SCHEMES
 
@@ -198,12 +200,51 @@ def _problems(cfg: Any) -> list[str]:
             f"model.hidden={list(cfg.model.hidden)} must list hidden layer sizes ≥ 1 "
             "(use model.hidden=[] for no hidden layer)."
         )
+    memory = memory_problem(cfg)
+    if memory:
+        problems.append(memory)
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed} must be an integer ≥ 0.")
     if not cfg.tracking.experiment:
         problems.append("tracking.experiment must be a non-empty experiment name.")
     problems += cross_key_problems(inputs)
     return [p for p in problems if p]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new process now (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_problem(cfg: Any) -> str | None:
+    """A network too large for this machine: estimated (``harness.nn.stack.estimate_bytes``) before anything
+    is allocated, against the memory available now."""
+    if cfg.dataset.name not in DATASET_SHAPES or any(h < 1 for h in cfg.model.hidden):
+        return None  # reported by their own checks
+    n_in, n_train, n_test = DATASET_SHAPES[cfg.dataset.name]
+    sizes = [n_in, *cfg.model.hidden, DATASET_OUTPUTS[cfg.dataset.name]]
+    itemsize = 4 if cfg.train.dtype == "float32" else 8
+    need, have = estimate_bytes(sizes, max(n_train, n_test), 1, itemsize), available_memory()
+    if have is None or need <= have:
+        return None
+    return (
+        f"model.hidden={list(cfg.model.hidden)} needs about {_gib(need)} of memory to train on {cfg.dataset.name} "
+        f"(layers {sizes}), and this machine has {_gib(have)} available; use smaller hidden layers."
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 def _lr_problem(cfg: Any) -> str | None:

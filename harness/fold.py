@@ -54,14 +54,9 @@ def fold_jobs(jobs: Sequence[Sequence[str]], fold: Sequence[str], max_replicas: 
     become one job, in order of their first job, split into jobs of at most ``max_replicas``.
     """
     fold = list(fold)
-    bad = [k for k in fold if k not in FOLDABLE]
-    if bad:
-        raise ValueError(
-            f"hydra.sweeper.fold={fold}: only {', '.join(FOLDABLE)} can be folded (replicas share everything "
-            f"else); not {', '.join(bad)}. hydra.sweeper.fold=[] runs one job per run."
-        )
-    if max_replicas < 1:
-        raise ValueError(f"hydra.sweeper.max_replicas={max_replicas} must be ≥ 1.")
+    problem = fold_problem(fold, max_replicas)
+    if problem:
+        raise ValueError(problem)
     if not fold:
         return [list(j) for j in jobs]
     groups: dict[tuple[str, ...], list[tuple[int, list[int], list[str]]]] = {}
@@ -75,6 +70,23 @@ def fold_jobs(jobs: Sequence[Sequence[str]], fold: Sequence[str], max_replicas: 
             entries = ",".join(_entry(*m) for m in members[start : start + max_replicas])
             folded.append([*rest, f"{REPLICAS_KEY}=[{entries}]"])
     return folded
+
+
+def fold_problem(fold: Sequence[str], max_replicas: Any) -> str | None:
+    """What is wrong with ``hydra.sweeper.fold`` / ``max_replicas`` (one paragraph), or None."""
+    bad = [k for k in fold if k not in FOLDABLE]
+    if bad:
+        return (
+            f"hydra.sweeper.fold={list(fold)}: only {', '.join(FOLDABLE)} can be folded (the replicas of a job are "
+            f"one stack of networks and share everything else); not {', '.join(bad)}. Use e.g. "
+            "hydra.sweeper.fold=[seed], or hydra.sweeper.fold=[] for one job per run."
+        )
+    if not isinstance(max_replicas, int) or max_replicas < 1:
+        return (
+            f"hydra.sweeper.max_replicas={max_replicas} must be an integer ≥ 1 (the most runs one folded job trains "
+            "together; default 30)."
+        )
+    return None
 
 
 def _parse_value(override: str) -> Any:

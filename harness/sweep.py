@@ -165,8 +165,14 @@ def validate_sweep(config: DictConfig) -> int:
     number of jobs. Raises :class:`ConfigError`."""
     from hydra import compose
 
+    from harness.fold import fold_problem
     from harness.sweep_check import check_sweep
 
+    sweeper = config.hydra.sweeper
+    if "fold" in sweeper:  # the harness sweeper's own keys: checked here, before the parent run exists
+        problem = fold_problem(list(sweeper.fold), sweeper.get("max_replicas", 30))
+        if problem:
+            raise ConfigError(f"Invalid sweep: {problem}")
     name = config.hydra.job.config_name
     return check_sweep(config, lambda overrides: compose(config_name=name, overrides=overrides))
 

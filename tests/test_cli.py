@@ -257,3 +257,20 @@ def test_gradcheck_cli_prints_the_48_triples():
     assert all(verdicts[("matching", a, "ng")] == "exact" for a in ("sigmoid", "softmax", "identity", "tanh"))
     assert all(float(r[3]) < 1e-6 for r in rows if r[2] == "chain")
     assert lines[-1].startswith("27 of 48 triples exact")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model.hidden=[100000,100000]"], "model.hidden=[100000, 100000] needs about 223.6 GiB of memory"),
+        (["-m", "hydra.sweeper.fold=[model.hidden]", "seed=0,1"],
+         "Invalid sweep: hydra.sweeper.fold=['model.hidden']: only seed, train.lr can be folded"),
+        (["-m", "hydra.sweeper.max_replicas=0", "seed=0,1"], "Invalid sweep: hydra.sweeper.max_replicas=0 must be"),
+    ],
+)  # fmt: skip
+def test_a_model_too_large_or_a_bad_fold_stops_before_any_run(tmp_path, args, message):
+    p = harness(*args, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("harness: error:")]
+    assert message in line
+    assert "dashboard" not in p.stdout and not (tmp_path / "mlflow.db").exists()  # no store, no parent run

@@ -16,6 +16,8 @@ import numpy as np
 # Every dataset and its number of output units (known without loading it, for validation).
 DATASET_OUTPUTS = {"xor": 2, "mnist": 10, "xor1": 1, "neuron": 1}
 DATASETS = tuple(DATASET_OUTPUTS)
+# (inputs, training samples, test samples) of each dataset, also known without loading it (the memory estimate).
+DATASET_SHAPES = {"xor": (2, 4, 4), "mnist": (784, 4500, 500), "xor1": (3, 4, 4), "neuron": (1, 1, 1)}
 # Test accuracy that counts as "trained": XOR is solved when all four points are right; MNIST at 85 % test
 # accuracy (a 784-30-10 net passes it in 1–2 epochs with an exact rule). Nielsen's neuron has no accuracy goal.
 ACCURACY_THRESHOLDS = {"xor": 1.0, "xor1": 1.0, "mnist": 0.85}

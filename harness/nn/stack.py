@@ -300,3 +300,13 @@ class ReplicaMLP:
             f"ReplicaMLP(replicas={self.n_replicas}, sizes={self.sizes}, hidden={self.hidden.name}, "
             f"output={self.output.name})"
         )
+
+
+def estimate_bytes(sizes: Sequence[int], n_eval: int, replicas: int = 1, itemsize: int = 8) -> int:
+    """Memory a stack of ``replicas`` networks of layer ``sizes`` needs to train and be evaluated on ``n_eval``
+    samples, roughly: three copies of the parameters P = Σ (n_in + 1)·n_out (the stack, the training copy of
+    the active replicas, the gradients) and six arrays of every layer's activations over the evaluation set
+    (z, a, both δ of the cosine and their backprop)."""
+    params = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    activations = n_eval * sum(sizes[1:])
+    return int(itemsize * replicas * (3 * params + 6 * activations))

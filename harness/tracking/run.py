@@ -27,6 +27,7 @@ from typing import Any
 from harness.names import HOST_TAG, PID_TAG
 from harness.tracking import guard, mlflow_sql
 from harness.tracking.mlflow_sql import MetricRow
+from harness.tracking.uri import redact_uri
 
 MAX_METRICS_PER_BATCH = 1000
 # The SQL path has no per-call limit, and each transaction costs a commit (2-15 ms on SQLite): buffer up to
@@ -264,7 +265,7 @@ class Run:
             self.ended = True
 
     def __repr__(self) -> str:
-        return f"Run(run_id={self.run_id!r}, uri={self.uri!r})"
+        return f"Run(run_id={self.run_id!r}, uri={redact_uri(self.uri)!r})"
 
 
 # Buffered values of all runs of a group before a flush (≈ 10 MB): XOR's 20 replicas × 1,001 epochs × 6 metrics

@@ -19,12 +19,15 @@ from harness.tracking.queries import (
     select_sweep,
 )
 from harness.tracking.run import Run, RunGroup, client, ensure_experiment, resolve_uri
+from harness.tracking.store_check import StoreError, check_store
 from harness.tracking.uri import redact_uri
 
 __all__ = [
     "Run",
     "RunGroup",
+    "StoreError",
     "all_runs",
+    "check_store",
     "children",
     "client",
     "config_hash",

@@ -207,32 +207,74 @@ def _apply(session: Any, store: Any, ix: Any, w: RunWrite, run: Any, rows: list,
         run.status, run.end_time = status, int(time.time() * 1000)
 
 
-def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]]) -> None:
-    """Insert ``rows`` (in the order of ``METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``.
+def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]],
+                    method: str | None = None) -> None:  # fmt: skip
+    """Insert ``rows`` (in the order of ``METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``, with
+    ``method`` (default: the fastest measured for the database, :data:`INSERT_METHODS`).
 
-    On SQLite, straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row parameter
-    processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and the
-    columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
-    Elsewhere through SQLAlchemy Core, whose multi-row VALUES batches beat most drivers' ``executemany``.
+    - ``sqlite-driver`` (SQLite): straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row
+      parameter processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and
+      the columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
+    - ``copy`` (PostgreSQL with psycopg 3): ``COPY metrics (...) FROM STDIN``, one stream of rows
+      (``benchmarks/bench_pg_insert.py``: 30 runs × 150 steps × 6 metrics, against Core's multi-row VALUES batches
+      and psycopg's pipelined ``executemany``). A row already in the table fails the COPY with the driver's
+      ``UniqueViolation``, raised as SQLAlchemy's ``IntegrityError`` like the other methods' (the caller falls back).
+    - ``executemany``: psycopg's pipelined ``cursor.executemany`` (measured, not the default).
+    - ``core``: SQLAlchemy Core (elsewhere: multi-row VALUES batches, which beat most drivers' ``executemany``).
     """
+    connection = session.connection()
+    method = method or INSERT_METHODS.get((connection.dialect.name, connection.dialect.driver), "core")
+    if method == "sqlite-driver":
+        _insert_sqlite(connection, table, rows)
+    elif method in ("copy", "executemany"):
+        _insert_psycopg(connection, table, rows, method)
+    else:
+        import sqlalchemy
+
+        session.execute(sqlalchemy.insert(table), [dict(zip(METRIC_COLUMNS, row)) for row in rows])
+
+
+# (dialect, driver) -> the insert method measured fastest there (see _insert_metrics); anything else: "core"
+INSERT_METHODS = {("sqlite", "pysqlite"): "sqlite-driver", ("postgresql", "psycopg"): "copy"}
+
+
+def _insert_sqlite(connection: Any, table: Any, rows: list) -> None:
     import sqlalchemy
 
-    insert = sqlalchemy.insert(table)
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        session.execute(insert, [dict(zip(METRIC_COLUMNS, row)) for row in rows])
-        return
     # In the order of MLflow's primary key (key, timestamp, step, run_uuid): each B-tree insert then lands
     # next to the previous one, and a 64 MB page cache (SQLite's default is 2 MB; this connection only) keeps
     # the other two indexes' pages. Measured on 30 runs × 1,001 steps × 6 metrics per insert, 10 inserts into
     # a growing file: 10 µs/row → 6.7 µs/row.
     rows = sorted(rows, key=PRIMARY_KEY_ORDER)
     connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-    compiled = insert.compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
+    compiled = sqlalchemy.insert(table).compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
     order = [METRIC_COLUMNS.index(name) for name in compiled.positiontup]
     if order != list(range(len(METRIC_COLUMNS))):
         rows = [tuple(row[i] for i in order) for row in rows]  # type: ignore[misc]
     connection.exec_driver_sql(str(compiled), rows)
+
+
+def _insert_psycopg(connection: Any, table: Any, rows: list, method: str) -> None:
+    """``rows`` through psycopg 3's own cursor on the session's connection (same transaction)."""
+    import psycopg
+    import sqlalchemy
+
+    columns = ", ".join(METRIC_COLUMNS)
+    raw = connection.connection.driver_connection  # the psycopg.Connection under SQLAlchemy's pool
+    if method == "copy":
+        statement = f"COPY {table.name} ({columns}) FROM STDIN"
+    else:
+        statement = f"INSERT INTO {table.name} ({columns}) VALUES ({', '.join(['%s'] * len(METRIC_COLUMNS))})"
+    try:
+        with raw.cursor() as cursor:
+            if method == "copy":
+                with cursor.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(statement, rows)
+    except psycopg.IntegrityError as err:  # as SQLAlchemy raises it for the other methods: the caller falls back
+        raise sqlalchemy.exc.IntegrityError(statement, None, err) from err
 
 
 def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) -> list[tuple] | None:

@@ -4,6 +4,8 @@ a run's record after ``Run.end`` merges the last metrics with the outcome tags."
 from __future__ import annotations
 
 import math
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,12 +59,46 @@ def latest(c: MlflowClient, run_id: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("insert", ["sqlite driver", "sqlalchemy core"])
 def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
-    calls = script()
-    monkeypatch.setattr(harness.tracking.run, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
     fast = Run.start(store, "equiv", "fast")
-    fast.flush_seconds = float("inf")  # flush where the script says, never on time: a slow machine took > 10 s
     if insert == "sqlalchemy core":  # the insert other databases get
         monkeypatch.setattr(fast._sql().engine.dialect, "name", "not sqlite")
+    compare_with_log_batch(store, "equiv", fast, monkeypatch)
+
+
+@pytest.fixture
+def postgres_store() -> str:
+    """``$HARNESS_TEST_POSTGRES_URI`` (a PostgreSQL database the tests may write to), else the test skips."""
+    from harness.tracking import StoreError, check_store
+
+    uri = os.environ.get("HARNESS_TEST_POSTGRES_URI")
+    if not uri:
+        pytest.skip("no PostgreSQL: set HARNESS_TEST_POSTGRES_URI=postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    try:
+        check_store(uri)
+    except StoreError as err:
+        pytest.skip(f"PostgreSQL unusable: {err}")
+    return uri
+
+
+@pytest.mark.slow
+def test_fast_path_on_postgres_copies_what_log_batch_writes(postgres_store, monkeypatch):
+    """On PostgreSQL the metric values go in by COPY (the fastest, benchmarks/bench_pg_insert.py), and the run
+    holds, value by value, what log_batch writes; the flush holding a value already stored falls back."""
+    experiment = f"equiv-{uuid.uuid4().hex[:8]}"  # the database outlives the test
+    fast = Run.start(postgres_store, experiment, "fast")
+    methods: list[str] = []
+    real = mlflow_sql._insert_psycopg
+    monkeypatch.setattr(mlflow_sql, "_insert_psycopg", lambda c, t, rows, m: (methods.append(m), real(c, t, rows, m)))
+    compare_with_log_batch(postgres_store, experiment, fast, monkeypatch)
+    assert methods and set(methods) == {"copy"}
+
+
+def compare_with_log_batch(store: str, experiment: str, fast: Run, monkeypatch) -> None:
+    """Log :func:`script` through ``fast`` and through ``log_batch`` into a second run; both runs must hold the
+    same histories and latest values (NaN, ±Inf, duplicates, older steps)."""
+    calls = script()
+    monkeypatch.setattr(harness.tracking.run, "MAX_SQL_BUFFER", 500)  # flushes in mid-stream too
+    fast.flush_seconds = float("inf")  # flush where the script says, never on time: a slow machine took > 10 s
     fallbacks: list[int] = []
     plain_write = Run._log_batch
 
@@ -72,7 +108,7 @@ def test_fast_path_writes_what_log_batch_writes(store, monkeypatch, insert):
 
     monkeypatch.setattr(Run, "_log_batch", counting)
     c = MlflowClient(store)
-    plain = c.create_run(ensure_experiment(store, "equiv"), run_name="plain").info.run_id
+    plain = c.create_run(ensure_experiment(store, experiment), run_name="plain").info.run_id
     pending: list[Metric] = []
     for call in calls:
         if call is None:

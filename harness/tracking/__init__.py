@@ -1,5 +1,7 @@
 """MLflow tracking: writing runs (:mod:`.run`), reading them back (:mod:`.queries`), and MLflow's internals
-(:mod:`.mlflow_sql`) in a module of their own, switched off by ``tracking.fast_path=false``.
+(:mod:`.mlflow_sql`) in a module of their own, every one checked by :mod:`.guard` and switched off by
+``tracking.fast_path=false``; :func:`check_store` (:mod:`.store_check`) before any run, :func:`redact_uri`
+(:mod:`.uri`) wherever a URI is shown.
 
 Knows nothing of the math: it logs and reads names, numbers and texts. ``import mlflow`` costs ≈ 1 s, so
 MLflow is imported inside the functions that need it, never at import time.
@@ -16,11 +18,16 @@ from harness.tracking.queries import (
     run_url,
     select_sweep,
 )
-from harness.tracking.run import Run, client, ensure_experiment, resolve_uri
+from harness.tracking.run import Run, RunGroup, client, ensure_experiment, resolve_uri
+from harness.tracking.store_check import StoreError, check_store
+from harness.tracking.uri import redact_uri
 
 __all__ = [
     "Run",
+    "RunGroup",
+    "StoreError",
     "all_runs",
+    "check_store",
     "children",
     "client",
     "config_hash",
@@ -29,6 +36,7 @@ __all__ = [
     "find_finished",
     "find_sweep_parent",
     "histories",
+    "redact_uri",
     "resolve_uri",
     "run_url",
     "select_sweep",

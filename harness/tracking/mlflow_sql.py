@@ -8,10 +8,12 @@ reads MLflow's own tables directly instead, with its own validation and sanitati
 - :func:`write`: params, metric values, tags and a terminal status of one run in one transaction;
 - :func:`history`: one row per (run, step) of many runs' histories, pivoted by the database.
 
-It relies on MLflow's schema and store internals (``SqlAlchemyStore``, ``ManagedSessionMaker``, ``SqlMetric``):
-``mlflow`` is pinned ``<3.18`` in pyproject.toml, and tests/test_tracking.py checks both functions against
-the public API value by value. :func:`sql_store` returns None when the internals are missing (another MLflow,
-an HTTP store), and callers then use the public API; ``tracking.fast_path=false`` does the same on purpose.
+It relies on MLflow's schema and store internals (``SqlAlchemyStore``, ``ManagedSessionMaker``, ``SqlMetric``,
+...), every one of them listed and checked by :mod:`harness.tracking.guard`: ``mlflow`` is pinned ``<3.18`` in
+pyproject.toml, and tests/test_tracking.py checks these functions against the public API value by value.
+:func:`sql_store` returns None when any internal is missing or changed (one warning names it) or the store is not
+a SQL store (HTTP), and callers then use the public API; ``tracking.fast_path=false`` does the same on purpose.
+The classes and validators are used as the guard resolved them (``guard.internals()``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from harness.tracking import guard
 
 HISTORY_CHUNK = 100  # run ids per history query (keeps the SQL IN (...) list short)
 
@@ -35,18 +39,10 @@ SQLITE_CACHE_KIB = 65536
 
 
 def sql_store(mlflow_client: Any) -> Any | None:
-    """MLflow's ``SqlAlchemyStore`` behind ``mlflow_client`` if it is one and has every internal that
-    ``write`` uses; else None (an HTTP ``RestStore``, a file store, or an MLflow whose internals moved)."""
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = mlflow_client._tracking_client.store
-    except (AttributeError, ImportError):
-        return None
-    needed = ("ManagedSessionMaker", "_get_run", "_check_run_is_active", "sanitize_metric_value",
-              "_update_latest_metrics_if_necessary", "get_experiment", "_check_experiment_is_active",
-              "ARTIFACTS_FOLDER_NAME")  # fmt: skip
-    return store if isinstance(store, SqlAlchemyStore) and all(hasattr(store, n) for n in needed) else None
+    """MLflow's ``SqlAlchemyStore`` behind ``mlflow_client`` if the fast path can use it, else None (an HTTP
+    ``RestStore``, a file store, or an MLflow whose internals changed: :func:`harness.tracking.guard.sql_store`
+    checks every one this module uses, once per process, and warns once naming what changed)."""
+    return guard.sql_store(mlflow_client)
 
 
 def create_runs(store: Any, experiment_id: str, runs: Sequence[tuple[str, Mapping[str, str]]]) -> list[tuple[str, str]]:
@@ -62,10 +58,10 @@ def create_runs(store: Any, experiment_id: str, runs: Sequence[tuple[str, Mappin
     import uuid
 
     from mlflow.entities import LifecycleStage, RunStatus, SourceType
-    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
-    from mlflow.utils.uri import append_to_uri_path
 
+    ix = guard.internals()
+    SqlRun, SqlTag, append_to_uri_path = ix.SqlRun, ix.SqlTag, ix.append_to_uri_path  # noqa: N806
     start_time, created = int(time.time() * 1000), []
     with store.ManagedSessionMaker(read_only=False) as session:
         experiment = store.get_experiment(experiment_id)
@@ -136,25 +132,24 @@ def write_many(store: Any, writes: Sequence[RunWrite]) -> None:
     SQLite) and one bulk insert of every run's metric values instead of one per run. All or nothing: a value
     already in the table rolls back every run's write (the caller then writes run by run)."""
     import sqlalchemy
-    from mlflow.store.tracking.dbmodels.models import SqlMetric
 
-    prepared = [_prepare(store, w) for w in writes]
+    ix = guard.internals()
+    prepared = [_prepare(store, w, ix) for w in writes]
     with store.ManagedSessionMaker(read_only=False) as session:
         runs = [store._get_run(session=session, run_uuid=w.run_id) for w in writes]
         for run in runs:
             store._check_run_is_active(run)
         rows = [row for p in prepared for row in p[0]]
         if rows:
-            _insert_metrics(session, SqlMetric.__table__, rows)
+            _insert_metrics(session, ix.SqlMetric.__table__, rows)
         for w, run, p in zip(writes, runs, prepared):
-            _apply(session, store, w, run, *p, sqlalchemy)
+            _apply(session, store, ix, w, run, *p, sqlalchemy)
 
 
-def _prepare(store: Any, w: RunWrite) -> tuple:
+def _prepare(store: Any, w: RunWrite, ix: Any) -> tuple:
     """Validate and sanitise one run's write (outside the transaction): its metric rows, the latest value
     per key, its checked tags and params."""
-    from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
-
+    _validate_metric, _validate_param, _validate_tag = ix._validate_metric, ix._validate_param, ix._validate_tag
     run_id, metrics, tags, params = w.run_id, w.metrics, w.tags, w.params
     rows: list[tuple[str, float, int, int, bool, str]] = []  # in the order of METRIC_COLUMNS
     latest: dict[str, tuple[int, int, float, bool]] = {}  # key -> (step, timestamp, value, is_nan)
@@ -176,13 +171,13 @@ def _prepare(store: Any, w: RunWrite) -> tuple:
     return rows, latest, checked_tags, checked_params
 
 
-def _apply(session: Any, store: Any, w: RunWrite, run: Any, rows: list, latest: dict, checked_tags: list,
+def _apply(session: Any, store: Any, ix: Any, w: RunWrite, run: Any, rows: list, latest: dict, checked_tags: list,
            checked_params: list, sqlalchemy: Any) -> None:  # fmt: skip
     """One run's write inside ``session`` (its run row checked active, its metric rows already inserted)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
 
+    SqlMetric, SqlParam, SqlTag = ix.SqlMetric, ix.SqlParam, ix.SqlTag  # noqa: N806
     run_id, status = w.run_id, w.status
     if checked_params:
         query = sqlalchemy.select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run_id)
@@ -212,32 +207,74 @@ def _apply(session: Any, store: Any, w: RunWrite, run: Any, rows: list, latest: 
         run.status, run.end_time = status, int(time.time() * 1000)
 
 
-def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]]) -> None:
-    """Insert ``rows`` (in the order of ``METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``.
+def _insert_metrics(session: Any, table: Any, rows: list[tuple[str, float, int, int, bool, str]],
+                    method: str | None = None) -> None:  # fmt: skip
+    """Insert ``rows`` (in the order of ``METRIC_COLUMNS``) into MLflow's ``metrics`` table in ``session``, with
+    ``method`` (default: the fastest measured for the database, :data:`INSERT_METHODS`).
 
-    On SQLite, straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row parameter
-    processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and the
-    columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
-    Elsewhere through SQLAlchemy Core, whose multi-row VALUES batches beat most drivers' ``executemany``.
+    - ``sqlite-driver`` (SQLite): straight to the driver's ``executemany`` (a loop in C): SQLAlchemy's per-row
+      parameter processing cost ≈ 40 % of the insert (measured, 5,005 rows: 31-39 ms instead of 45-69 ms), and
+      the columns' types need none there (sqlite3 stores a bool as 0/1, as SQLAlchemy's ``Boolean`` does).
+    - ``copy`` (PostgreSQL with psycopg 3): ``COPY metrics (...) FROM STDIN``, one stream of rows
+      (``benchmarks/bench_pg_insert.py``: 30 runs × 150 steps × 6 metrics, against Core's multi-row VALUES batches
+      and psycopg's pipelined ``executemany``). A row already in the table fails the COPY with the driver's
+      ``UniqueViolation``, raised as SQLAlchemy's ``IntegrityError`` like the other methods' (the caller falls back).
+    - ``executemany``: psycopg's pipelined ``cursor.executemany`` (measured, not the default).
+    - ``core``: SQLAlchemy Core (elsewhere: multi-row VALUES batches, which beat most drivers' ``executemany``).
     """
+    connection = session.connection()
+    method = method or INSERT_METHODS.get((connection.dialect.name, connection.dialect.driver), "core")
+    if method == "sqlite-driver":
+        _insert_sqlite(connection, table, rows)
+    elif method in ("copy", "executemany"):
+        _insert_psycopg(connection, table, rows, method)
+    else:
+        import sqlalchemy
+
+        session.execute(sqlalchemy.insert(table), [dict(zip(METRIC_COLUMNS, row)) for row in rows])
+
+
+# (dialect, driver) -> the insert method measured fastest there (see _insert_metrics); anything else: "core"
+INSERT_METHODS = {("sqlite", "pysqlite"): "sqlite-driver", ("postgresql", "psycopg"): "copy"}
+
+
+def _insert_sqlite(connection: Any, table: Any, rows: list) -> None:
     import sqlalchemy
 
-    insert = sqlalchemy.insert(table)
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        session.execute(insert, [dict(zip(METRIC_COLUMNS, row)) for row in rows])
-        return
     # In the order of MLflow's primary key (key, timestamp, step, run_uuid): each B-tree insert then lands
     # next to the previous one, and a 64 MB page cache (SQLite's default is 2 MB; this connection only) keeps
     # the other two indexes' pages. Measured on 30 runs × 1,001 steps × 6 metrics per insert, 10 inserts into
     # a growing file: 10 µs/row → 6.7 µs/row.
     rows = sorted(rows, key=PRIMARY_KEY_ORDER)
     connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-    compiled = insert.compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
+    compiled = sqlalchemy.insert(table).compile(dialect=connection.dialect, column_keys=list(METRIC_COLUMNS))
     order = [METRIC_COLUMNS.index(name) for name in compiled.positiontup]
     if order != list(range(len(METRIC_COLUMNS))):
         rows = [tuple(row[i] for i in order) for row in rows]  # type: ignore[misc]
     connection.exec_driver_sql(str(compiled), rows)
+
+
+def _insert_psycopg(connection: Any, table: Any, rows: list, method: str) -> None:
+    """``rows`` through psycopg 3's own cursor on the session's connection (same transaction)."""
+    import psycopg
+    import sqlalchemy
+
+    columns = ", ".join(METRIC_COLUMNS)
+    raw = connection.connection.driver_connection  # the psycopg.Connection under SQLAlchemy's pool
+    if method == "copy":
+        statement = f"COPY {table.name} ({columns}) FROM STDIN"
+    else:
+        statement = f"INSERT INTO {table.name} ({columns}) VALUES ({', '.join(['%s'] * len(METRIC_COLUMNS))})"
+    try:
+        with raw.cursor() as cursor:
+            if method == "copy":
+                with cursor.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(statement, rows)
+    except psycopg.IntegrityError as err:  # as SQLAlchemy raises it for the other methods: the caller falls back
+        raise sqlalchemy.exc.IntegrityError(statement, None, err) from err
 
 
 def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) -> list[tuple] | None:
@@ -255,14 +292,12 @@ def history(mlflow_client: Any, run_ids: Sequence[str], metrics: Sequence[str]) 
 
     A value logged twice at one step (MLflow allows it) reads as the larger of the two.
     """
-    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
-    if not hasattr(store, "ManagedSessionMaker"):
-        return None
-    try:
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
-    except ImportError:  # a future MLflow moved it: the public API still works
+    store = sql_store(mlflow_client)
+    if store is None:
         return None
     import sqlalchemy as sa
+
+    SqlMetric = guard.internals().SqlMetric  # noqa: N806
 
     value = sa.case((SqlMetric.is_nan == sa.true(), sa.null()), else_=SqlMetric.value)
     columns = [sa.func.max(sa.case((SqlMetric.key == key, value))) for key in metrics]
@@ -317,15 +352,14 @@ def runs(mlflow_client: Any, experiment_id: str) -> list[LightRun] | None:
     ``search_runs`` builds ORM objects per param and tag: ≈ 5 s for a 1,080-run study, paid twice by a report
     (the check before the kernel starts, and the notebook's load). This reads the same tables' columns.
     """
-    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
-    if not hasattr(store, "ManagedSessionMaker"):
-        return None
-    try:
-        from mlflow.entities import LifecycleStage
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-    except ImportError:  # a future MLflow moved them: search_runs still works
+    store = sql_store(mlflow_client)
+    if store is None:
         return None
     import sqlalchemy as sa
+    from mlflow.entities import LifecycleStage
+
+    ix = guard.internals()
+    SqlLatestMetric, SqlParam, SqlRun, SqlTag = ix.SqlLatestMetric, ix.SqlParam, ix.SqlRun, ix.SqlTag  # noqa: N806
 
     active = (SqlRun.experiment_id == int(experiment_id)) & (SqlRun.lifecycle_stage == LifecycleStage.ACTIVE)
     ids = sa.select(SqlRun.run_uuid).where(active).scalar_subquery()

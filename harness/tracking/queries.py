@@ -15,6 +15,7 @@ import pandas as pd
 from harness.names import HASH_TAG, OUTCOME_TAG, PARENT_TAG, SWEEP_TAG
 from harness.tracking import mlflow_sql
 from harness.tracking.run import client
+from harness.tracking.uri import redact_uri
 
 # Config sections that say where and how a run is recorded or reported, not what it computes.
 # ``replicas``: the unfolded jobs a folded job trains (harness.fold); each run's own config has none.
@@ -91,8 +92,9 @@ def end_orphans(uri: str, runs: Iterable[Any], status: str = "KILLED") -> list[A
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to see a run: the server's own page for an HTTP store, else the default ``mlflow ui`` address."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    """Where to see a run: the server's own page for an HTTP store (its password masked), else the default
+    ``mlflow ui`` address."""
+    base = redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

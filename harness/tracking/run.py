@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.names import HOST_TAG, PID_TAG
-from harness.tracking import mlflow_sql
+from harness.tracking import guard, mlflow_sql
 from harness.tracking.mlflow_sql import MetricRow
+from harness.tracking.uri import redact_uri
 
 MAX_METRICS_PER_BATCH = 1000
 # The SQL path has no per-call limit, and each transaction costs a commit (2-15 ms on SQLite): buffer up to
@@ -105,6 +106,7 @@ class Run:
         self.flush_seconds = flush_seconds
         self.artifact_uri = artifact_uri  # from create_run: spares log_text the get_run MLflow does first
         self._artifact_repo: Any = None
+        self.fast_path = fast_path
         # the SqlAlchemyStore for the fast path: None if there is none or it is switched off; found once
         self._store: Any = ... if fast_path else None
         self._buffer: list[MetricRow] = []
@@ -169,8 +171,8 @@ class Run:
         """``mlflow_sql.write`` when the store allows it, else ``MlflowClient.log_batch`` (≤ 1,000 per call).
         Returns whether ``status`` was set too (only ``mlflow_sql.write`` does)."""
         import sqlalchemy.exc
+        from mlflow import get_active_model_id
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking.fluent import get_active_model_id
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
         if not metrics and not tags and not params and status is None:
@@ -205,16 +207,15 @@ class Run:
         """Write ``text`` as artifact ``artifact_file`` straight to the run's artifact repository.
 
         ``MlflowClient.log_text`` does the same after a ``get_run`` to learn the artifact URI, which
-        ``start`` already kept from ``create_run``."""
-        if self.artifact_uri is None:
+        ``start`` already kept from ``create_run``. That uses two of MLflow's internals, checked by
+        :mod:`harness.tracking.guard`: without them (or with ``fast_path=False``), ``MlflowClient.log_text``."""
+        if self.artifact_uri is None or not self.fast_path or not guard.available():
             self.client.log_text(self.run_id, text, artifact_file)
             return
         if self._artifact_repo is None:
-            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-            from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
-
-            location = add_databricks_profile_info_to_artifact_uri(self.artifact_uri, self.uri)
-            self._artifact_repo = get_artifact_repository(location, tracking_uri=self.uri)
+            ix = guard.internals()
+            location = ix.add_databricks_profile_info_to_artifact_uri(self.artifact_uri, self.uri)
+            self._artifact_repo = ix.get_artifact_repository(location, tracking_uri=self.uri)
         path = posixpath.normpath(artifact_file)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp, posixpath.basename(path))
@@ -264,7 +265,7 @@ class Run:
             self.ended = True
 
     def __repr__(self) -> str:
-        return f"Run(run_id={self.run_id!r}, uri={self.uri!r})"
+        return f"Run(run_id={self.run_id!r}, uri={redact_uri(self.uri)!r})"
 
 
 # Buffered values of all runs of a group before a flush (≈ 10 MB): XOR's 20 replicas × 1,001 epochs × 6 metrics
@@ -312,7 +313,7 @@ class RunGroup:
 
     def _store(self) -> Any | None:
         """The SQL store every run writes to, if they share one and the fast path applies; else None."""
-        from mlflow.tracking.fluent import get_active_model_id
+        from mlflow import get_active_model_id
 
         if get_active_model_id() is not None:
             return None

@@ -184,6 +184,77 @@ def test_save_view_writes_the_experiment_tags(store):
         d.save_view(store, exp, "huge", {"searchFilter": "x" * 100} | {str(i): str(i) * 40 for i in range(3000)})
 
 
+def _configuration_store(store, rates=("0.1", "1")):
+    """A parent, its 3 triples x ``rates`` configuration runs and one seed run, as write_configuration_runs
+    leaves them (tags harness.level, harness.configuration; param train.lr)."""
+    from harness.tracking import Run, ensure_experiment
+
+    exp = ensure_experiment(store, "harness")
+    parent = Run.start(store, "harness", "sweep", {"harness.sweep_dir": "/x"}).run_id
+    configs = {}
+    for rate in rates:
+        for delta in ("ng", "nielsen", "chain"):
+            tags = {"harness.level": "configuration", "harness.configuration": f"{delta}{rate}"}
+            run = Run.start(store, "harness", f"bce-sigmoid-{delta}-lr{rate}", tags, parent_run_id=parent)
+            run.log_params({"delta": delta, "train.lr": rate})
+            run.end("FINISHED")
+            configs[(delta, rate)] = run.run_id
+    Run.start(store, "harness", "seed", {"harness.level": "seed"}, parent_run_id=parent).end("FINISHED")
+    return exp, parent, configs
+
+
+def _selected(store, exp, state):
+    """The run ids the UI lists for a view: MLflow's search with the view's filter (the UI sends it as is)."""
+    from harness.tracking import client
+
+    return {r.info.run_id for r in client(store).search_runs([exp], state["searchFilter"], max_results=1000)}
+
+
+def test_the_study_views_open_on_configuration_runs_one_per_rate(store):
+    from harness.tracking import client
+    from harness.tracking.study import mark_chosen
+
+    exp, parent, configs = _configuration_store(store)
+    url = d.create_dashboard(store, exp, parent, name="lr")
+    tags = client(store).get_experiment(exp).tags
+    views = {k.removeprefix("mlflow.sharedViewState."): v for k, v in tags.items() if "sharedViewState" in k}
+    key = d.sweep_view_key(parent)
+    assert set(views) == {key, f"{key}-lr0.1", f"{key}-lr1"}
+    assert url == d.dashboard_url(store, exp, key)
+    main = ui_reads(views[key])
+    assert _selected(store, exp, main) == set(configs.values())  # every configuration, no seed run, no parent
+    for rate in ("0.1", "1"):
+        state = ui_reads(views[f"{key}-lr{rate}"])
+        assert _selected(store, exp, state) == {rid for (_, r), rid in configs.items() if r == rate}
+        assert json.loads(views[f"{key}-lr{rate}"])["name"] == f"lr {parent[:8]} lr={rate}"
+    assert main["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "delta"}]
+    assert main["useGroupedValuesInCharts"] is False and main["runsHiddenMode"] == "SHOW_ALL"
+    lines = [c for c in main["compareRunCharts"] if c["type"] == "LINE"]
+    assert [(c["metricKey"], c["scaleType"]) for c in lines] == [
+        (TRAIN_LOSS, "log"), (TEST_ACCURACY, "linear"), (GRAD_COSINE, "linear")
+    ]  # fmt: skip
+    assert [c["metricKey"] for c in main["compareRunCharts"] if c["type"] == "BAR"] == ["final_test_accuracy"]
+    assert "tags.`outcomes`" in main["selectedColumns"] and "metrics.`seeds`" in main["selectedColumns"]
+
+    chosen = [configs[("ng", "1")], configs[("nielsen", "0.1")], configs[("chain", "1")]]
+    mark_chosen(store, chosen)
+    d.create_dashboard(store, exp, parent, name="lr", chosen=True)
+    value = client(store).get_experiment(exp).tags[f"mlflow.sharedViewState.{key}"]
+    assert json.loads(value)["name"] == f"lr {parent[:8]} chosen rates"
+    assert _selected(store, exp, ui_reads(value)) == set(chosen)
+
+
+def test_over_100_configurations_the_first_rate_s_view_is_linked(store, monkeypatch):
+    from harness.tracking import client
+
+    exp, parent, configs = _configuration_store(store)
+    monkeypatch.setattr(d, "UI_RUNS_LIMIT", 4)  # 6 configurations: "too many" for one view
+    url = d.create_dashboard(store, exp, parent)
+    key = d.sweep_view_key(parent)
+    assert url == d.dashboard_url(store, exp, f"{key}-lr0.1")
+    assert f"mlflow.sharedViewState.{key}" not in client(store).get_experiment(exp).tags
+
+
 @pytest.mark.slow
 def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     """An 8-job sweep, its views saved, ``mlflow ui`` over the store: the link shows the four groups

@@ -366,7 +366,7 @@ def create_dashboard(
 
     label = f"{name} {parent_run_id[:8]}"
     key = sweep_view_key(parent_run_id)
-    configs = configuration_runs(uri, parent_run_id)
+    configs = configuration_runs(uri, parent_run_id, experiment_id=experiment_id)
     if not configs:
         save_view(uri, experiment_id, key, view_state(parent_run_id, **options), name=label)
         triples = view_state(parent_run_id, group_by=TRIPLE_GROUP_BY, final_metrics=TRIPLE_FINAL_METRICS)

@@ -117,10 +117,14 @@ def _is_configuration(run: Any) -> bool:
     return _level(run) == CONFIGURATION_LEVEL
 
 
-def configuration_runs(uri: str, parent_run_id: str, fast_path: bool = True) -> list[Any]:
-    """The configuration runs under ``parent_run_id`` (active ones), as ``all_runs`` returns runs."""
+def configuration_runs(
+    uri: str, parent_run_id: str, fast_path: bool = True, experiment_id: str | None = None
+) -> list[Any]:
+    """The configuration runs under ``parent_run_id`` (active ones), as ``all_runs`` returns runs; pass
+    ``experiment_id`` when known (else it is the parent's)."""
     c = client(uri)
-    experiment_id = c.get_run(parent_run_id).info.experiment_id
+    if experiment_id is None:
+        experiment_id = c.get_run(parent_run_id).info.experiment_id
     return [
         r
         for r in all_runs(c, experiment_id, fast_path)

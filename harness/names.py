@@ -42,3 +42,26 @@ BLAS_TAG = "harness.blas_threads"
 HOST_TAG = "harness.host"
 PID_TAG = "harness.pid"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own
+
+# A study's levels (harness.tracking.study): sweep parent -> one configuration run per configuration (every swept
+# value but the seed, its seeds' means per step) -> the seed runs, re-parented under their configuration run.
+LEVEL_TAG = "harness.level"  # configuration | seed
+CONFIGURATION_LEVEL = "configuration"
+SEED_LEVEL = "seed"
+CONFIGURATION_TAG = "harness.configuration"  # hash of the resolved config without `seed` (study.configuration_hash)
+CHOSEN_RATE_TAG = "harness.chosen_rate"  # "true" on the configuration runs at each triple's chosen learning rate
+ADOPTED_TAG = "harness.adopted_from"  # on a seed run a resumed sweep adopted: the parent run it came from
+OUTCOMES_TAG = "outcomes"  # on a configuration run: its seeds' outcome counts, e.g. "28 completed, 2 diverged"
+OUTCOMES = ("completed", "diverged", "undefined", "failed", "killed")
+
+# Per step on a configuration run, next to the mean under the seed runs' own name: the 95 % CI of that mean.
+LO_SUFFIX = "_lo"
+HI_SUFFIX = "_hi"
+COUNT_SUFFIX = "_n"  # seeds with a finite value at that step
+
+# Once per configuration run (its summary of the seeds).
+SEEDS = "seeds"  # n: seed runs of the configuration, each counted once
+SEEDS_PREFIX = "seeds_"  # seeds_completed, seeds_diverged, ... (outcome counts) and seeds_reached
+SEEDS_REACHED = "seeds_reached"  # seeds whose test accuracy reached the dataset's threshold
+FINAL_TEST_ACCURACY = "final_test_accuracy"  # mean over seeds of each seed's last finite test_accuracy
+MEDIAN_EPOCHS_TO_THRESHOLD = "median_epochs_to_threshold"  # over all seeds, a seed never reaching it ranks last

@@ -184,14 +184,87 @@ def test_save_view_writes_the_experiment_tags(store):
         d.save_view(store, exp, "huge", {"searchFilter": "x" * 100} | {str(i): str(i) * 40 for i in range(3000)})
 
 
+def _configuration_store(store, rates=("0.1", "1")):
+    """A parent, its 3 triples x ``rates`` configuration runs and one seed run, as write_configuration_runs
+    leaves them (tags harness.level, harness.configuration; param train.lr)."""
+    from harness.tracking import Run, ensure_experiment
+
+    exp = ensure_experiment(store, "harness")
+    parent = Run.start(store, "harness", "sweep", {"harness.sweep_dir": "/x"}).run_id
+    configs = {}
+    for rate in rates:
+        for delta in ("ng", "nielsen", "chain"):
+            tags = {"harness.level": "configuration", "harness.configuration": f"{delta}{rate}"}
+            run = Run.start(store, "harness", f"bce-sigmoid-{delta}-lr{rate}", tags, parent_run_id=parent)
+            run.log_params({"delta": delta, "train.lr": rate})
+            run.end("FINISHED")
+            configs[(delta, rate)] = run.run_id
+    Run.start(store, "harness", "seed", {"harness.level": "seed"}, parent_run_id=parent).end("FINISHED")
+    return exp, parent, configs
+
+
+def _selected(store, exp, state):
+    """The run ids the UI lists for a view: MLflow's search with the view's filter (the UI sends it as is)."""
+    from harness.tracking import client
+
+    return {r.info.run_id for r in client(store).search_runs([exp], state["searchFilter"], max_results=1000)}
+
+
+def test_the_study_views_open_on_configuration_runs_one_per_rate(store):
+    from harness.tracking import client
+    from harness.tracking.study import mark_chosen
+
+    exp, parent, configs = _configuration_store(store)
+    url = d.create_dashboard(store, exp, parent, name="lr")
+    tags = client(store).get_experiment(exp).tags
+    views = {k.removeprefix("mlflow.sharedViewState."): v for k, v in tags.items() if "sharedViewState" in k}
+    key = d.sweep_view_key(parent)
+    assert set(views) == {key, f"{key}-lr0.1", f"{key}-lr1"}
+    assert url == d.dashboard_url(store, exp, key)
+    main = ui_reads(views[key])
+    assert _selected(store, exp, main) == set(configs.values())  # every configuration, no seed run, no parent
+    for rate in ("0.1", "1"):
+        state = ui_reads(views[f"{key}-lr{rate}"])
+        assert _selected(store, exp, state) == {rid for (_, r), rid in configs.items() if r == rate}
+        assert json.loads(views[f"{key}-lr{rate}"])["name"] == f"lr {parent[:8]} lr={rate}"
+    assert main["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "delta"}]
+    assert main["useGroupedValuesInCharts"] is False and main["runsHiddenMode"] == "SHOW_ALL"
+    lines = [c for c in main["compareRunCharts"] if c["type"] == "LINE"]
+    assert [(c["metricKey"], c["scaleType"]) for c in lines] == [
+        (TRAIN_LOSS, "log"), (TEST_ACCURACY, "linear"), (GRAD_COSINE, "linear")
+    ]  # fmt: skip
+    assert [c["metricKey"] for c in main["compareRunCharts"] if c["type"] == "BAR"] == ["final_test_accuracy"]
+    assert "tags.`outcomes`" in main["selectedColumns"] and "metrics.`seeds`" in main["selectedColumns"]
+
+    chosen = [configs[("ng", "1")], configs[("nielsen", "0.1")], configs[("chain", "1")]]
+    mark_chosen(store, chosen)
+    d.create_dashboard(store, exp, parent, name="lr", chosen=True)
+    value = client(store).get_experiment(exp).tags[f"mlflow.sharedViewState.{key}"]
+    assert json.loads(value)["name"] == f"lr {parent[:8]} chosen rates"
+    assert _selected(store, exp, ui_reads(value)) == set(chosen)
+
+
+def test_over_100_configurations_the_first_rate_s_view_is_linked(store, monkeypatch):
+    from harness.tracking import client
+
+    exp, parent, configs = _configuration_store(store)
+    monkeypatch.setattr(d, "UI_RUNS_LIMIT", 4)  # 6 configurations: "too many" for one view
+    url = d.create_dashboard(store, exp, parent)
+    key = d.sweep_view_key(parent)
+    assert url == d.dashboard_url(store, exp, f"{key}-lr0.1")
+    assert f"mlflow.sharedViewState.{key}" not in client(store).get_experiment(exp).tags
+
+
 @pytest.mark.slow
-def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
-    """An 8-job sweep, its views saved, ``mlflow ui`` over the store: the link shows the four groups
-    (pairing × delta, 2 seeds each) and the chart cards drawn; the table view, the columns; an unknown key,
-    the UI's error."""
+def test_the_link_opens_the_study_s_configurations_with_their_charts(tmp_path):
+    """An 8-job sweep (2 losses x 2 rules x 2 seeds), its configuration runs written and its views saved, ``mlflow
+    ui`` over the store: the link shows the 4 configurations (no seed run) in two groups whose labels read in
+    full (``Group: ng``), and the chart cards drawn; the table view, the columns; an unknown key, the UI's error."""
     assert CHROMIUM.exists(), "the UI test needs Debian's chromium: apt-get install -y chromium (.ci/run does)"
     from mlflow import MlflowClient
     from playwright.sync_api import expect, sync_playwright
+
+    from harness.tracking.study import write_configuration_runs
 
     sweep = harness_cmd("-m", "loss=bce,mse", "delta=ng,nielsen", "seed=0,1", "train.epochs=300")
     p = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, env=harness_env(), timeout=300)
@@ -201,21 +274,20 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
     store = f"sqlite:///{tmp_path / 'server.db'}"
     c = MlflowClient(store)
     exp = c.get_experiment_by_name("harness").experiment_id
-    runs = c.search_runs([exp])
-    (parent,) = [r for r in runs if r.info.run_name == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 8
-    assert all(d.BEST_TEST_ACCURACY in run.data.metrics for run in children)  # the summary metrics, logged
+    (parent,) = [r for r in c.search_runs([exp]) if r.info.run_name == "sweep"]
+    seeds = [r for r in c.search_runs([exp]) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(seeds) == 8 and all(d.BEST_TEST_ACCURACY in run.data.metrics for run in seeds)
+    assert len(write_configuration_runs(store, parent.info.run_id)) == 4  # what the sweep's end will call
+    url = d.create_dashboard(store, exp, parent.info.run_id, name="sweep")
     key = d.sweep_view_key(parent.info.run_id)
-    url = d.dashboard_url(store, exp, key)
-    assert printed == url  # the link the sweep printed opens the view the sweep saved
+    assert printed == url == d.dashboard_url(store, exp, key)  # the printed link opens the configurations' view
+    names = [f"{loss}-sigmoid-{delta}" for loss in ("bce", "mse") for delta in ("ng", "nielsen")]
 
     server = MlflowServer(tmp_path, command="ui").start()
     out = artifacts_dir()
     try:
         expect.set_options(timeout=90_000)  # a loaded 2-core machine renders slowly
         link = url.replace(d.DEFAULT_UI, server.uri)
-        assert link == d.dashboard_url(server.uri, exp, key)
         with sync_playwright() as pw:
             browser = pw.chromium.launch_persistent_context(
                 str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
@@ -225,18 +297,22 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
             page.set_default_timeout(90_000)
             page.goto(link)
             expect(page.get_by_text("You're viewing a shared view")).to_be_visible()
-            # The runs list: one row per group (2 pairings × 2 rules), each a child; the parent is filtered out.
-            expect(page.get_by_text("Group: pairing", exact=False)).to_have_count(4)
-            for run in children:
-                expect(page.get_by_role("link", name=run.info.run_name, exact=True)).to_have_count(1)
-            expect(page.get_by_role("link", name="sweep", exact=True)).to_have_count(0)
-            # The charts: the view's section (4 cards) first, its cards drawn (plotly's svg, with data traces).
+            # The runs list: two groups by delta rule, labelled in full, each holding its two configurations.
+            for rule in ("ng", "nielsen"):
+                expect(page.get_by_text(f"Group: {rule}", exact=True)).to_be_visible()
+            for name in names:
+                expect(page.get_by_role("link", name=name, exact=True)).to_have_count(1)
+            for run in seeds:  # the seeds are nested under their configuration, not listed
+                expect(page.get_by_role("link", name=run.info.run_name, exact=True)).to_have_count(0)
+            expect(page.get_by_text("4 matching runs")).to_be_visible()
+            # The charts: the view's section (4 cards), one line per configuration, the final accuracy's bars.
             expect(page.get_by_text(re.compile(r"^Sweep\s*\(4\)$"))).to_have_count(1)
             cards = page.get_by_test_id("experiment-view-compare-runs-card")
             for title in (TRAIN_LOSS, TEST_ACCURACY, GRAD_COSINE):
                 line = cards.filter(has_text=title).filter(has_text="Step").first
-                expect(line.locator("svg.main-svg .scatterlayer .trace").first).to_be_attached()
-            expect(cards.filter(has_text=TEST_ACCURACY).locator("svg.main-svg .barlayer .trace").first).to_be_attached()
+                expect(line.locator("svg.main-svg .scatterlayer .trace")).to_have_count(4)
+            bars = cards.filter(has_text="final_test_accuracy").locator("svg.main-svg .barlayer .trace")
+            expect(bars.first).to_be_attached()
             close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
             if close.count():  # the assistant panel takes a third of the width: not part of the view
                 close.click()
@@ -245,7 +321,7 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
 
             # The same view as a table: its columns.
             page.locator("label").filter(has=page.locator("input[value=TABLE]")).click()
-            for header in ("loss", "activation", "delta", "pairing", "outcome", TEST_ACCURACY, d.EPOCHS_TO_THRESHOLD):
+            for header in ("loss", "activation", "delta", "pairing", "outcomes", "final_test_accuracy", "seeds"):
                 expect(page.get_by_role("columnheader", name=header, exact=True).first).to_be_visible()
             page.screenshot(path=out / "dashboard-table.png")
 
@@ -253,7 +329,6 @@ def test_the_link_opens_the_sweep_s_view_with_its_charts(tmp_path):
             page.goto(d.dashboard_url(server.uri, exp, "no-such-view"))
             expect(page.get_by_text('share key "no-such-view" does not exist')).to_be_visible()
             expect(page.get_by_text("You're viewing a shared view")).to_have_count(0)
-            page.screenshot(path=out / "dashboard-missing.png")
             browser.close()
     finally:
         server.stop()

@@ -80,3 +80,39 @@ def test_mlflow_ui_lists_the_sweep_nested_with_names_and_pairing(tmp_path, ui):
         page.screenshot(path=out / "child-run.png", full_page=True)
         browser.close()
     print(f"UI screenshots: {out / 'runs-table.png'} {out / 'child-run.png'}")
+
+
+@pytest.mark.slow
+def test_the_study_nests_parent_configuration_seed(tmp_path, ui):
+    """Configuration runs written over HTTP (the public API path) to the UI's server: the runs page nests the
+    sweep's parent -> its configuration runs -> their seed runs."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from harness.tracking.study import write_configuration_runs
+
+    expect.set_options(timeout=90_000)
+    c = MlflowClient(ui.uri)
+    exp = c.get_experiment_by_name("harness")
+    (parent,) = [r for r in c.search_runs([exp.experiment_id]) if r.info.run_name == "sweep"]
+    assert len(write_configuration_runs(ui.uri, parent.info.run_id)) == 2  # bce and mse, one seed each
+    out = artifacts_dir()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM), headless=True, args=ARGS, viewport={"width": 1600, "height": 900},
+        )  # fmt: skip
+        page = browser.new_page()
+        page.set_default_timeout(90_000)
+        page.goto(f"{ui.uri}/#/experiments/{exp.experiment_id}/runs")
+        row = lambda name: page.get_by_role("row").filter(has=page.get_by_text(name, exact=True))  # noqa: E731
+        expect(row("sweep")).to_have_count(1)
+        expect(row("bce-sigmoid-ng")).to_have_count(0)
+        row("sweep").locator(EXPANDER).click()
+        for name in ("bce-sigmoid-ng", "mse-sigmoid-ng"):
+            expect(row(name)).to_have_count(1)
+        expect(row("bce-sigmoid-ng-s0")).to_have_count(0)  # the seeds: one level further down
+        row("bce-sigmoid-ng").locator(EXPANDER).click()
+        expect(row("bce-sigmoid-ng-s0")).to_have_count(1)
+        expect(row("mse-sigmoid-ng-s0")).to_have_count(0)
+        page.screenshot(path=out / "runs-nested.png")
+        browser.close()

@@ -70,13 +70,20 @@ from typing import Any
 from harness.names import (
     ACTIVATION_PARAM,
     BEST_TEST_ACCURACY,
+    CHOSEN_RATE_TAG,
+    CONFIGURATION_LEVEL,
     DELTA_PARAM,
     EPOCHS_TO_THRESHOLD,
+    FINAL_TEST_ACCURACY,
     GRAD_COSINE,
+    LEVEL_TAG,
     LOSS_PARAM,
+    MEDIAN_EPOCHS_TO_THRESHOLD,
     OUTCOME_TAG,
+    OUTCOMES_TAG,
     PAIRING_TAG,
     PARENT_TAG,
+    SEEDS,
     TEST_ACCURACY,
     TRAIN_LOSS,
 )
@@ -105,6 +112,26 @@ TRIPLE_GROUP_BY = tuple(("param", p) for p in TRIPLE_PARAMS)
 TRIPLE_FINAL_METRICS = (TEST_ACCURACY, BEST_TEST_ACCURACY, EPOCHS_TO_THRESHOLD)
 SECTION_ID = "harness-sweep"
 
+# The views of a study open on its configuration runs (harness.tracking.study): one run per configuration, whose
+# metrics are its seeds' means, so 36 configurations fit the UI's 100 runs a page and a chart. Grouped by the
+# delta rule alone: its values are short, so the runs list reads "Group: ng 12" where grouping by (pairing,
+# delta) cut the label off ("Group: pairing: ..."). The charts draw each configuration (its own line and bar,
+# named like bce-sigmoid-ng), not the groups' aggregate: the configurations are what a reader compares.
+CONFIGURATION_GROUP_BY: tuple[tuple[str, str], ...] = (("param", DELTA_PARAM),)
+CONFIGURATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("params", LOSS_PARAM),
+    ("params", ACTIVATION_PARAM),
+    ("params", DELTA_PARAM),
+    ("tags", PAIRING_TAG),
+    ("tags", OUTCOMES_TAG),
+    ("metrics", FINAL_TEST_ACCURACY),
+    ("metrics", MEDIAN_EPOCHS_TO_THRESHOLD),
+    ("metrics", SEEDS),
+)
+CONFIGURATION_FINAL_METRICS = (FINAL_TEST_ACCURACY,)
+LR_PARAM = "train.lr"
+UI_RUNS_LIMIT = 100  # the MLflow UI's runs per page and per chart
+
 
 def column(kind: str, key: str) -> str:
     """A column of the runs table as the UI names it: ``params.`loss```; kind: attributes|params|metrics|tags."""
@@ -126,11 +153,12 @@ def section(uuid: str, name: str) -> dict[str, Any]:
     return {"uuid": uuid, "name": name, "display": True, "isReordered": True, "deleted": False, "isGenerated": False}
 
 
-def line_card(metric: str) -> dict[str, Any]:
-    """A line chart of ``metric`` against step (= epoch), one line with a band per group."""
+def line_card(metric: str, scale: str = "linear") -> dict[str, Any]:
+    """A line chart of ``metric`` against step (= epoch): one line per run, or per group with a band;
+    ``scale``: the y axis, ``linear`` or ``log``."""
     return _card(
         f"line-{metric}", "LINE", displayName=metric, metricKey=metric, selectedMetricKeys=[metric],
-        lineSmoothness=0, xAxisScaleType="linear", scaleType="linear", range={}, xAxisKey="step",
+        lineSmoothness=0, xAxisScaleType="linear", scaleType=scale, range={}, xAxisKey="step",
         selectedXAxisMetricKey="", yAxisKey="metric", yAxisExpressions=[], ignoreOutliers=False,
         useGlobalXaxisKey=False, useGlobalLineSmoothing=False,
     )  # fmt: skip
@@ -158,6 +186,8 @@ def view_state(
     triple_params: Sequence[str] = TRIPLE_PARAMS,
     aggregate: str = "average",
     order_by: str | None = column("metrics", TEST_ACCURACY),
+    grouped_charts: bool = True,
+    log_metrics: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The runs page of a sweep as the MLflow UI's view state (the schema is in the module's docstring).
 
@@ -166,12 +196,15 @@ def view_state(
     ``tag``/``param`` and key; None or empty: no grouping). Charts: each of ``line_metrics`` against step,
     per group (mean line and min-max band); a bar chart of each of ``final_metrics``' final value, per group
     (per run when ungrouped); when ungrouped, parallel coordinates too, through ``triple_params`` to the final
-    metrics, one line per run (the UI draws none for groups: it cannot aggregate string params)."""
+    metrics, one line per run (the UI draws none for groups: it cannot aggregate string params).
+    ``grouped_charts=False``: the table stays grouped, the charts draw every run. ``log_metrics``: line charts
+    with a log y axis (a loss that blows up on a few runs flattens every other line on a linear one)."""
     if search_filter is None:
         search_filter = children_filter(parent_run_id) if parent_run_id else ""
     keys = [{"mode": mode, "groupByData": key} for mode, key in group_by or ()]
     final = list(final_metrics)
-    charts = [line_card(m) for m in line_metrics] + [bar_card(m) for m in final]
+    logs = set(log_metrics)
+    charts = [line_card(m, "log" if m in logs else "linear") for m in line_metrics] + [bar_card(m) for m in final]
     if triple_params and final and not keys:
         charts.append(parallel_card(triple_params, final))
     return {
@@ -191,7 +224,7 @@ def view_state(
         "viewMaximized": False,
         "runListHidden": False,
         "isAccordionReordered": True,
-        "useGroupedValuesInCharts": True,
+        "useGroupedValuesInCharts": grouped_charts,
         "hideEmptyCharts": True,
         "groupBy": {"aggregateFunction": aggregate, "groupByKeys": keys} if keys else None,
         "groupsExpanded": {},
@@ -273,16 +306,83 @@ def sweep_view_key(parent_run_id: str, suffix: str = "") -> str:
     return f"sweep-{parent_run_id}{suffix}"
 
 
-def create_dashboard(uri: str, experiment_id: str, parent_run_id: str, name: str = "sweep", **options: Any) -> str:
-    """Save the views of the sweep under ``parent_run_id`` and return the link to the first.
+def configuration_filter(parent_run_id: str, *, chosen: bool = False, rate: str | None = None) -> str:
+    """The search filter for a study's configuration runs (``harness.level=configuration`` under the parent);
+    ``chosen``: only those tagged ``harness.chosen_rate=true``; ``rate``: only those at ``train.lr = rate``."""
+    parts = [f"tags.`{LEVEL_TAG}` = '{CONFIGURATION_LEVEL}'", children_filter(parent_run_id)]
+    if chosen:
+        parts.append(f"tags.`{CHOSEN_RATE_TAG}` = 'true'")
+    if rate is not None:
+        parts.append(f"params.`{LR_PARAM}` = '{rate}'")
+    return " and ".join(parts)
 
-    The first, named ``<name> <first 8 characters of the parent's id>`` in the UI's *Views* menu: grouped by
-    pairing and delta rule (``options`` as for :func:`view_state` change it). The second, ``… per triple``
-    (key suffix ``-triples``), one menu click away: grouped by (loss, activation, delta), so that each bar is
-    one triple's final test accuracy (best accuracy, epochs to threshold), averaged over its seeds."""
+
+def configuration_view(parent_run_id: str, **filter_options: Any) -> dict[str, Any]:
+    """A view of configuration runs (:func:`configuration_filter`): grouped by delta rule, a line per
+    configuration for train_loss (log y axis), test_accuracy and grad_cosine, a bar per configuration for its
+    mean final test accuracy; the table's columns are the configuration's triple, pairing, outcome counts and
+    summary (``CONFIGURATION_COLUMNS``)."""
+    return view_state(
+        search_filter=configuration_filter(parent_run_id, **filter_options),
+        group_by=CONFIGURATION_GROUP_BY,
+        columns=CONFIGURATION_COLUMNS,
+        final_metrics=CONFIGURATION_FINAL_METRICS,
+        order_by=column("metrics", FINAL_TEST_ACCURACY),
+        grouped_charts=False,
+        log_metrics=(TRAIN_LOSS,),
+    )
+
+
+def _rate_order(rate: str) -> float:
+    try:
+        return float(rate)
+    except ValueError:
+        return float("inf")
+
+
+def create_dashboard(
+    uri: str, experiment_id: str, parent_run_id: str, name: str = "sweep", *, chosen: bool = False, **options: Any
+) -> str:
+    """Save the views of the study under ``parent_run_id`` and return the link to the first (the one to open).
+
+    With configuration runs (:func:`harness.tracking.study.write_configuration_runs`, called first), every view
+    shows configuration runs (:func:`configuration_view`), at most ``UI_RUNS_LIMIT`` = 100 of them, so none
+    needs "Load more" and every chart draws them all:
+
+    - the first view, named ``<name> <first 8 characters of the parent's id>``: every configuration when they
+      are at most 100 (xor_grid, mnist_grid: 36); with ``chosen=True`` only the configuration runs tagged
+      ``harness.chosen_rate=true`` (:func:`harness.tracking.study.mark_chosen`: each triple at its chosen rate);
+    - when the configurations differ in ``train.lr`` (lr_fairness: 36 triples x 7 rates), one more view per rate,
+      ``… lr=<rate>`` (key suffix ``-lr<rate>``), 36 each. Over 100 configurations and not ``chosen``, the first
+      rate's view is the one linked.
+
+    A sweep without configuration runs (the call was not wired, or an older store) keeps the former view of its
+    seed runs, grouped by pairing and delta rule (``options`` as for :func:`view_state` change it), and its
+    ``… per triple`` view (key suffix ``-triples``), grouped by (loss, activation, delta).
+
+    How to wire it (harness/sweep.py, ``end_parent``): ``write_configuration_runs(uri, parent)`` first, then this
+    (``chosen=True`` once the rates are marked), then print the link."""
+    from harness.tracking.study import configuration_runs
+
     label = f"{name} {parent_run_id[:8]}"
     key = sweep_view_key(parent_run_id)
-    save_view(uri, experiment_id, key, view_state(parent_run_id, **options), name=label)
-    triples = view_state(parent_run_id, group_by=TRIPLE_GROUP_BY, final_metrics=TRIPLE_FINAL_METRICS)
-    save_view(uri, experiment_id, sweep_view_key(parent_run_id, "-triples"), triples, name=f"{label} per triple")
-    return dashboard_url(uri, experiment_id, key)
+    configs = configuration_runs(uri, parent_run_id, experiment_id=experiment_id)
+    if not configs:
+        save_view(uri, experiment_id, key, view_state(parent_run_id, **options), name=label)
+        triples = view_state(parent_run_id, group_by=TRIPLE_GROUP_BY, final_metrics=TRIPLE_FINAL_METRICS)
+        save_view(uri, experiment_id, sweep_view_key(parent_run_id, "-triples"), triples, name=f"{label} per triple")
+        return dashboard_url(uri, experiment_id, key)
+    rates = sorted({r.data.params.get(LR_PARAM, "") for r in configs} - {""}, key=_rate_order)
+    links = []
+    if chosen or len(configs) <= UI_RUNS_LIMIT:
+        title = f"{label} chosen rates" if chosen else label
+        save_view(uri, experiment_id, key, configuration_view(parent_run_id, chosen=chosen), name=title)
+        links.append(key)
+    if len(rates) > 1:
+        for rate in rates:
+            rate_key = sweep_view_key(parent_run_id, f"-lr{rate}")
+            save_view(
+                uri, experiment_id, rate_key, configuration_view(parent_run_id, rate=rate), name=f"{label} lr={rate}"
+            )
+            links.append(rate_key)
+    return dashboard_url(uri, experiment_id, links[0])

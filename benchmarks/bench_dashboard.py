@@ -1,0 +1,151 @@
+"""Benchmark 7: a study's dashboard in the MLflow UI, time to its first chart (issue 18: <= 10 s on xor_grid).
+
+    python benchmarks/bench_dashboard.py --store /tmp/study-xor/mlflow.db   # a finished xor_grid store (copied)
+    python benchmarks/bench_dashboard.py                                    # runs xor_grid first (minutes)
+
+Two copies of the same finished study, each served by its own ``mlflow ui``, each opened by its dashboard link
+in headless Chromium (Debian's /usr/bin/chromium through Playwright; a fresh profile per page load):
+
+- ``seed runs``: the former view, the sweep's 1,080 seed runs grouped by (pairing, delta rule);
+- ``configuration runs``: ``write_configuration_runs`` (timed too: reading the seeds' histories, writing the 36
+  runs) then ``create_dashboard``: the 36 configuration runs, one line each.
+
+Time to first chart: from ``page.goto`` to the first line trace in a chart's SVG (plotly draws a trace once the
+run's history arrived). Rounds are interleaved (seed view, configuration view, ...); the medians and their ratio
+are printed. The UI gives up loading a chart long before our timeout on a busy machine: a page that draws nothing
+within ``--timeout`` seconds counts as that timeout (printed as ">").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import footer, header, median, python, spread, table, verdict  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+TARGET = 10.0
+
+
+def build_store(tmp: Path) -> Path:
+    """Run the xor_grid study (no report) in ``tmp``; its store."""
+    cmd = [python(), "-m", "harness", "+experiment=xor_grid", "report.auto=false"]
+    subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    return tmp / "mlflow.db"
+
+
+def serve(db: Path, port: int, log: Path) -> subprocess.Popen:
+    """``mlflow ui`` over ``db`` on 127.0.0.1:``port``, once it answers."""
+    mlflow = Path(python()).with_name("mlflow")
+    cmd = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"mlflow ui on {db} did not answer; see {log}")
+
+
+def first_chart_seconds(pw, link: str, profile: Path, timeout: float) -> float:
+    """Seconds from opening ``link`` to the first drawn line trace (``timeout`` if none came)."""
+    browser = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                    args=ARGS, viewport={"width": 1600, "height": 1000})  # fmt: skip
+    try:
+        page = browser.new_page()
+        start = time.monotonic()
+        page.goto(link, timeout=timeout * 1000)
+        try:
+            trace = page.locator("svg.main-svg .scatterlayer .trace").first
+            trace.wait_for(state="attached", timeout=max(1.0, timeout - (time.monotonic() - start)) * 1000)
+        except Exception:  # noqa: BLE001  (Playwright's TimeoutError: no chart within the timeout)
+            return timeout
+        return time.monotonic() - start
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def prepare(source: Path, tmp: Path) -> tuple[dict[str, str], dict[str, float]]:
+    """Two copies of the study, each with its view saved; the links (on ports 5101, 5102) and the timed phases."""
+    from harness.tracking import client
+    from harness.tracking.dashboard import create_dashboard, dashboard_url, save_view, sweep_view_key, view_state
+    from harness.tracking.study import write_configuration_runs
+
+    seeds_db, configs_db = tmp / "seeds.db", tmp / "configs.db"
+    for db in (seeds_db, configs_db):
+        shutil.copyfile(source, db)
+    links, phases = {}, {}
+    for label, db, port in (("seed runs", seeds_db, 5101), ("configuration runs", configs_db, 5102)):
+        uri = f"sqlite:///{db}"
+        c = client(uri)
+        exp = c.get_experiment_by_name("xor_grid").experiment_id
+        (parent,) = c.search_runs([exp], "tags.`harness.sweep_dir` != ''", max_results=1)
+        pid = parent.info.run_id
+        if label == "seed runs":
+            key = sweep_view_key(pid, "-bench-seeds")
+            save_view(uri, exp, key, view_state(pid))  # the former view: every child, grouped (pairing, delta)
+            links[label] = dashboard_url(f"http://127.0.0.1:{port}", exp, key)
+        else:
+            start = time.perf_counter()
+            n = len(write_configuration_runs(uri, pid))
+            phases[f"write_configuration_runs ({n} runs)"] = time.perf_counter() - start
+            url = create_dashboard(uri, exp, pid, name="xor_grid")
+            links[label] = url.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}")
+    return links, phases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="a finished xor_grid SQLite store (copied, never changed)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (default 1)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a page counts as not drawn")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        raise SystemExit("needs Debian's chromium: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    header("dashboard: time to first chart", packages=("mlflow", "playwright"), repeats=args.repeats,
+           timeout=args.timeout, store=args.store or "xor_grid, built now")  # fmt: skip
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        source = args.store or build_store(tmp)
+        links, phases = prepare(source, tmp)
+        for phase, seconds in phases.items():
+            print(f"{phase}: {seconds:.1f} s")
+        servers = [serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"),
+                   serve(tmp / "configs.db", 5102, tmp / "ui-configs.log")]  # fmt: skip
+        times: dict[str, list[float]] = {label: [] for label in links}
+        try:
+            with sync_playwright() as pw:
+                for r in range(args.repeats):
+                    for label, link in links.items():
+                        times[label].append(first_chart_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
+        finally:
+            for proc in servers:
+                proc.terminate()
+                proc.wait(timeout=30)
+    show = lambda xs: spread(xs) if max(xs) < args.timeout else f"> {args.timeout:.0f} s"  # noqa: E731
+    table([[label, show(xs)] for label, xs in times.items()], ["view", "time to first chart"])
+    seeds, configs = median(times["seed runs"]), median(times["configuration runs"])
+    print(
+        f"seed-run view / configuration view: {seeds / configs:.1f}x" + (" (at least)" if seeds >= args.timeout else "")
+    )
+    print(f"configuration view, first chart: {configs:.1f} s (target <= {TARGET:.0f} s) "
+          f"{verdict(configs, TARGET, higher_is_better=False)}")  # fmt: skip
+    footer()
+
+
+if __name__ == "__main__":
+    main()

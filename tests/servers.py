@@ -20,8 +20,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import harness_env
-
 BIN = Path(sys.executable).parent
 
 
@@ -37,6 +35,8 @@ def harness_cmd(*args: str) -> list[str]:
 
 def start_harness(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m harness ARGS`` in its own session (so a test can signal its whole process group)."""
+    from conftest import harness_env  # here, not at the top: benchmarks/bench_stores.py imports this module too
+
     return subprocess.Popen(
         harness_cmd(*args),
         cwd=cwd,

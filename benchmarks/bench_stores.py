@@ -163,12 +163,22 @@ def run(kind: str, sweep: list[str], pg: Postgres) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-stores-{kind.replace('+', '-')}-") as tmp:
         with store(kind, Path(tmp), pg) as s:
             pg0 = postgres_cpu(pg.server) if "postgresql" in kind else None
-            wall, cpu = timed([python(), "-m", "harness", *sweep, f"tracking.uri={s.uri}"], tmp)
+            try:
+                wall, cpu = timed([python(), "-m", "harness", *sweep, f"tracking.uri={s.uri}"], tmp)
+            except SystemExit as failed:  # the sweep failed: say why, and go on with the other stores
+                return {"failed": failure(str(failed))}
             pg1 = postgres_cpu(pg.server) if "postgresql" in kind else None
             runs, rows = counts(s.backend)
     server_cpu = None if s.cpu_with_server is None else s.cpu_with_server - cpu
     db_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
     return {"wall": wall, "cpu": cpu, "server_cpu": server_cpu, "db_cpu": db_cpu, "runs": runs, "rows": rows}
+
+
+def failure(message: str) -> str:
+    """The first line (the command and its time) and the last exception line of a failed sweep's message."""
+    lines = message.splitlines()
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return " / ".join([lines[0][:120], *(errors[-1:] or lines[-1:])])[:600]
 
 
 def fmt(seconds: float | None) -> str:
@@ -196,6 +206,9 @@ def main() -> None:
             for kind in STORES:
                 start = time.perf_counter()
                 r = run(kind, sweep, pg)
+                if "failed" in r:
+                    print(f"round {round_ + 1} {kind}: FAILED: {r['failed']}", flush=True)
+                    continue
                 results[kind].append(r)
                 print(f"round {round_ + 1} {kind}: {r['wall']:.1f} s wall, runs {r['runs']}, {r['rows']:,} metric "
                       f"rows ({time.perf_counter() - start:.0f} s with the store's set-up)", flush=True)  # fmt: skip
@@ -206,7 +219,10 @@ def main() -> None:
     rows = {r["rows"] for rs in results.values() for r in rs}
     if len(rows) != 1:
         print(f"WARNING: the stores hold different numbers of metric rows: {sorted(rows)}")
-    walls = {k: median([r["wall"] for r in rs]) for k, rs in results.items()}
+    done = [k for k in STORES if results[k]]
+    if "sqlite" not in done:
+        raise SystemExit("the SQLite sweep failed: no ratios")
+    walls = {k: median([r["wall"] for r in results[k]]) for k in done}
 
     def med(kind: str, key: str) -> float | None:
         values = [r[key] for r in results[kind] if r[key] is not None]
@@ -214,10 +230,13 @@ def main() -> None:
 
     print()
     table([[k, fmt(walls[k]), fmt(med(k, "cpu")), fmt(med(k, "server_cpu")), fmt(med(k, "db_cpu")),
-            f"{walls[k] / walls['sqlite']:.2f}×"] for k in STORES],
+            f"{walls[k] / walls['sqlite']:.2f}×"] for k in done],
           ["store", "wall (median)", "sweep CPU", "mlflow server CPU", "postgres CPU", "wall / SQLite"])  # fmt: skip
     print("## Ratios (wall time / SQLite's; lower is better)")
     for kind, target in TARGETS.items():
+        if kind not in walls:
+            print(f"{kind}: every sweep FAILED  target ≤ {target:g}×: MISSED")
+            continue
         ratio = walls[kind] / walls["sqlite"]
         print(f"{kind}: {ratio:.2f}×  target ≤ {target:g}×: {verdict(ratio, target, higher_is_better=False)}")
 

@@ -310,3 +310,57 @@ def test_the_password_in_the_uri_is_written_nowhere(tmp_path, postgres_uri):
         if path.is_file() and password.encode() in path.read_bytes():
             leaks.append(str(path.relative_to(tmp_path)))
     assert leaks == [], f"the password is written in: {leaks}"
+
+
+def _blocked_backends(uri: str) -> int:
+    """Sessions of the database waiting for a lock (here: an insert waiting for another transaction's row)."""
+    sql = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+    return query(uri, sql)[0][0]
+
+
+def test_two_jobs_adding_the_same_dataset_at_once_both_link_it(postgres_uri):
+    """Two jobs' first ``log_input`` of one dataset at the same moment, made deterministic: another transaction has
+    inserted the dataset's row and not committed yet, so MLflow's check finds no row and its insert waits on the
+    unique index; when the other commits, that insert fails with PostgreSQL's unique violation ("duplicate key value
+    violates unique constraint"). ``Run.log_input`` must then link the row that now exists, as it does on SQLite
+    ("UNIQUE constraint failed"), instead of failing the job. (Seen for real in benchmarks/bench_stores.py: a
+    180-run sweep through an MLflow server over PostgreSQL lost a job to it.)"""
+    import threading
+    import uuid
+
+    import mlflow.data
+    import numpy as np
+
+    from harness.tracking import Run, ensure_experiment
+
+    experiment = int(ensure_experiment(postgres_uri, "race"))
+    run = Run.start(postgres_uri, "race", "first-use")
+    dataset = mlflow.data.from_numpy(np.zeros((4, 2)), targets=np.ones((4, 2)), name="xor")
+    d = dataset._to_mlflow_entity()
+    errors: list[BaseException] = []
+
+    def log_input() -> None:
+        try:
+            run.log_input(dataset)
+        except BaseException as err:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(err)
+
+    with psycopg.connect(libpq_uri(postgres_uri)) as other:  # a transaction until commit()
+        other.execute(
+            "insert into datasets (dataset_uuid, experiment_id, name, digest, dataset_source_type, dataset_source, "
+            "dataset_schema, dataset_profile) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (uuid.uuid4().hex, experiment, d.name, d.digest, d.source_type, d.source, d.schema, d.profile),
+        )
+        thread = threading.Thread(target=log_input)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while _blocked_backends(postgres_uri) == 0:  # MLflow's insert now waits for this transaction
+            assert thread.is_alive() and time.monotonic() < deadline, errors
+            time.sleep(0.1)
+        other.commit()
+        thread.join(timeout=120)
+    run.end("FINISHED")
+    assert errors == [], f"log_input failed on the dataset row another job added meanwhile: {errors[0]}"
+    assert query(postgres_uri, "select count(*) from datasets") == [(1,)]
+    linked = "select count(*) from inputs where destination_type = 'RUN' and destination_id = %s"
+    assert query(postgres_uri, linked, run.run_id) == [(1,)]

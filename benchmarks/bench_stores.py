@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -253,7 +254,15 @@ def summarize(results: dict[str, list[dict]]) -> None:
         print(f"{kind}: {ratio:.2f}×  target ≤ {target:g}×: {verdict(ratio, target, higher_is_better=False)}")
 
 
+def interrupted(signum: int, frame: object) -> None:
+    """SIGTERM (and SIGINT, which a shell's background job ignores) as Ctrl-C: the ``finally`` blocks then stop the
+    MLflow server and remove the PostgreSQL cluster."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         main()
     finally:

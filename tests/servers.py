@@ -1,11 +1,15 @@
-"""Processes the end-to-end tests start and stop: ``python -m harness``, ``mlflow server`` / ``mlflow ui``.
+"""Processes the end-to-end tests start and stop: ``python -m harness``, ``mlflow server`` / ``mlflow ui``, a Ray
+head, a throwaway PostgreSQL cluster.
 
-Every server binds to 127.0.0.1 on a free port and is stopped by its own process id.
+Every server binds to 127.0.0.1 on a free port and is stopped by its own process id (PostgreSQL by ``pg_ctl``,
+which stops the postmaster of its own data directory).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,8 +19,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
-from conftest import harness_env
 
 BIN = Path(sys.executable).parent
 
@@ -33,6 +35,8 @@ def harness_cmd(*args: str) -> list[str]:
 
 def start_harness(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m harness ARGS`` in its own session (so a test can signal its whole process group)."""
+    from conftest import harness_env  # here, not at the top: benchmarks/bench_stores.py imports this module too
+
     return subprocess.Popen(
         harness_cmd(*args),
         cwd=cwd,
@@ -60,12 +64,16 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
 
 
 class MlflowServer:
-    """``mlflow server`` (or ``mlflow ui``) on 127.0.0.1 over a SQLite store in ``root``; restartable."""
+    """``mlflow server`` (or ``mlflow ui``) on 127.0.0.1 over a SQLite store in ``root`` (or over
+    ``backend_store_uri``, e.g. a ``postgresql://`` database); restartable."""
 
-    def __init__(self, root: Path, command: str = "server", port: int | None = None) -> None:
+    def __init__(
+        self, root: Path, command: str = "server", port: int | None = None, backend_store_uri: str | None = None
+    ) -> None:
         self.root, self.command = root, command
         self.port = port or free_port()
         self.db = root / "server.db"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.db}"
         self.proc: subprocess.Popen | None = None
         self.log = root / f"mlflow-{command}.log"
 
@@ -75,7 +83,7 @@ class MlflowServer:
 
     def start(self) -> MlflowServer:
         args = [str(BIN / "mlflow"), self.command, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--backend-store-uri", f"sqlite:///{self.db}", "--workers", "1"]
+        args += ["--backend-store-uri", self.backend_store_uri, "--workers", "1"]
         if self.command == "server":
             args += ["--artifacts-destination", str(self.root / "artifacts")]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -148,3 +156,84 @@ class RayHead:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (``initdb``, ``pg_ctl``): Debian's newest
+    ``/usr/lib/postgresql/<version>/bin``, else wherever ``pg_ctl`` is on PATH; None if neither exists."""
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
+    found = debian[-1] if debian else shutil.which("pg_ctl")
+    return Path(found).resolve().parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a fresh temporary directory, ``pg_ctl start`` on
+    127.0.0.1 and a free port, a role ``user`` with a random password (and CREATEDB, so the tests can make a
+    database each) owning the database ``database``. :meth:`stop` stops it and removes the directory.
+
+    TCP logins need the password (scram-sha-256), as on a real server; the superuser ``postgres`` logs in
+    without one, but only over the Unix socket inside the cluster's own directory (mode 0700). PostgreSQL
+    refuses to run as root: as root, every server command runs as the ``postgres`` user (``runuser``).
+    """
+
+    def __init__(self, user: str = "harness", database: str = "harness", bindir: Path | None = None) -> None:
+        self.user, self.database = user, database
+        self.password = secrets.token_hex(16)
+        self.bindir = bindir or postgres_bin()
+        if self.bindir is None:
+            raise RuntimeError("no PostgreSQL server programs (initdb, pg_ctl): apt-get install -y postgresql")
+        self.port = free_port()
+        self.root: Path | None = None
+        self.as_root = os.geteuid() == 0
+
+    @property
+    def data(self) -> Path:
+        assert self.root is not None
+        return self.root / "data"
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess:
+        """Run one of the cluster's programs as the user that owns the cluster; raise with its output."""
+        cmd = [str(self.bindir / program), *args]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+        return p
+
+    def start(self) -> PostgresServer:
+        self.root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))  # the socket path must stay short
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--auth-local=trust",
+                  "--auth-host=scram-sha-256")  # fmt: skip
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+            self.sql(f"CREATE ROLE {self.user} LOGIN CREATEDB PASSWORD '{self.password}'")
+            self.sql(f"CREATE DATABASE {self.database} OWNER {self.user}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run ``statement`` as the superuser (``psql`` over the cluster's own Unix socket); its output."""
+        return self._run("psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", database,
+                         "-v", "ON_ERROR_STOP=1", "-Atc", statement).stdout  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the cluster (fast: open sessions are ended) and remove its directory."""
+        if self.root is None:
+            return
+        if (self.data / "postmaster.pid").exists():
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            except RuntimeError:
+                pass  # not running (it failed to start): nothing to stop
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root = None

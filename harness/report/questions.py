@@ -522,10 +522,11 @@ def _rate(best: pd.DataFrame, key: tuple) -> str:
 
 
 def _undetected(cases: list[tuple[Comparison, Comparison | None]]) -> str:
-    """For the inconclusive cases: the largest difference their tests could have missed, per metric."""
+    """For the inconclusive cases: the largest difference their inconclusive tests could have missed, per metric."""
     parts = []
     for i, (unit, fmt) in enumerate((("in final accuracy", ".2g"), ("epochs to threshold", ".2g"))):
-        mdes = [c.detectable for c in (case[i] for case in cases) if c is not None and math.isfinite(c.detectable)]
+        open_ = [c for c in (case[i] for case in cases) if c is not None and c.short() == "inconclusive"]
+        mdes = [c.detectable for c in open_ if math.isfinite(c.detectable)]
         if mdes:
             parts.append(f"±{max(mdes):{fmt}} {unit}")
     if not parts:

@@ -215,7 +215,8 @@ if study.dataset != "neuron":
         plots.show(plots.summary_heatmaps(runs, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r"),
                    plots.alt_heatmaps(runs, "epochs_to_threshold"))
     if comps.best is not None:
-        plots.show(plots.lr_sensitivity(summary), plots.alt_lr(summary))
+        tuned = summary[summary["seed"].isin(comps.tuning)]  # the seeds that ran at every rate
+        plots.show(plots.lr_sensitivity(tuned), plots.alt_lr(tuned, "the tuning seeds"))
         plots.show(plots.best_lr(comps.best), plots.alt_best_lr(comps.best, comps))
 """,
 }

@@ -390,11 +390,12 @@ def alt_slowdown(frame: pd.DataFrame) -> str:
     )
 
 
-def alt_lr(summary: pd.DataFrame) -> str:
+def alt_lr(summary: pd.DataFrame, seeds: str = "all seeds") -> str:
     rates = ", ".join(f"{v:g}" for v in sorted(summary["lr"].dropna().unique()))
     return (
         f"Final test accuracy against learning rate (log axis: {rates}), one panel per (loss, output activation) "
-        "pair, one line per δ rule, mean and 95 % interval over all seeds; diverged runs are omitted."
+        f"pair, one line per δ rule, mean and 95 % interval over {seeds} ({summary['seed'].nunique()}); diverged "
+        "runs are omitted."
     )
 
 

@@ -459,7 +459,8 @@ def q4(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
         c = comps.get("q4", "mse", "sigmoid", "final_accuracy") or comps.get("q1", "mse", "sigmoid", "final_accuracy")
         lrs = sorted(summary["lr"].dropna().unique())
         lead = (
-            f"On mse + sigmoid (`nielsen` exact), final test accuracy: {c.sentence()}"
+            f"On {DATASETS.get(study.dataset, study.dataset)}, mse + sigmoid (`nielsen` exact), final test accuracy: "
+            f"{c.sentence()}"
             if c is not None else "This experiment has no mse + sigmoid runs under both `nielsen` and `ng`."
         )  # fmt: skip
         paras = [
@@ -582,7 +583,8 @@ def _fairness(comps: Comparisons, dataset: str = "") -> tuple[str, list[str]]:
     edge = comps.best[comps.best["edge"] != ""]
     if len(edge):
         lead += (
-            f" {len(edge)} of {len(comps.best)} chosen rates are at the edge of the grid, where the best rate may lie "
+            f" {len(edge)} of {len(comps.best)} chosen rates {'is' if len(edge) == 1 else 'are'} at the edge of the "
+            "grid, where the best rate may lie "
             "beyond it: " + ", ".join(f"{r.loss}-{r.activation}-{r.delta} η = {r.best_lr:g} ({r.edge})"
                                       for r in edge.itertuples()) + "."
         )  # fmt: skip

@@ -76,15 +76,22 @@ def _split(sweeper: HarnessSweeper, params: list[str]) -> list[list[str]]:
     return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
 
 
-def test_only_keeps_the_chosen_loss_activation_pairs():
+def test_only_keeps_the_chosen_loss_activation_pairs(capsys):
     params = ["loss=mse,bce,cce", "activation=sigmoid,softmax", "delta=ng,chain"]
     sweeper = HarnessSweeper(None, fold=[], only=["loss=mse activation=sigmoid", "loss=cce activation=softmax"])
     jobs = _split(sweeper, params)
     assert {(j[0], j[1]) for j in jobs} == {("loss=mse", "activation=sigmoid"), ("loss=cce", "activation=softmax")}
     assert len(jobs) == 4 and sweeper.stage_one == jobs
     assert len(_split(HarnessSweeper(None, fold=[]), params)) == 12  # no `only`: the full product
-    with pytest.raises(ValueError, match=r"hydra.sweeper.only=\['loss=mse activation=tanh'\] matches none"):
+    with pytest.raises(SystemExit) as exit_:
         _split(HarnessSweeper(None, fold=[], only=["loss=mse activation=tanh"]), params)
+    assert exit_.value.code == 2
+    assert "harness: error: hydra.sweeper.only=['loss=mse activation=tanh'] matches none of the sweep's 12 jobs" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_:
+        HarnessSweeper(None, evaluation_seeds=-1)
+    assert exit_.value.code == 2 and "must be 0 (one stage, the default) or a positive count" in capsys.readouterr().err
 
 
 @pytest.mark.slow

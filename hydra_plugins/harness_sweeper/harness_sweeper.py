@@ -48,6 +48,16 @@ class HarnessSweeperConf(BasicSweeperConf):
 ConfigStore.instance().store(group="hydra/sweeper", name="harness", node=HarnessSweeperConf, provider="harness")
 
 
+def _refuse(message: str) -> None:
+    """A sweeper key with a value it cannot use: one paragraph on stderr, exit status 2, before any job runs.
+    (``SystemExit``: Hydra reports any other exception as a traceback; the sweep's parent run, which the sweep
+    callback created before the sweeper, is then ended FAILED with no child.)"""
+    import sys
+
+    print(f"harness: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class HarnessSweeper(BasicSweeper):
     """``BasicSweeper`` whose batch check is the sweep callback's validation of every swept value, and
     which folds jobs into replicas."""
@@ -62,6 +72,11 @@ class HarnessSweeper(BasicSweeper):
         only: list[str] | None = None,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
+        if evaluation_seeds < 0:
+            _refuse(
+                f"hydra.sweeper.evaluation_seeds={evaluation_seeds}: the number of evaluation seeds of a second "
+                "stage must be 0 (one stage, the default) or a positive count, e.g. 20."
+            )
         self.fold = list(fold) if fold is not None else []
         self.max_replicas = max_replicas
         self.evaluation_seeds = evaluation_seeds
@@ -78,7 +93,7 @@ class HarnessSweeper(BasicSweeper):
         if only:
             kept = [j for j in jobs if any(set(entry) <= set(j) for entry in only)]
             if not kept:
-                raise ValueError(
+                _refuse(
                     f"hydra.sweeper.only={[' '.join(e) for e in only]} matches none of the sweep's {len(jobs)} "
                     "jobs: each entry is a space-separated list of key=value overrides, all of which a job must have "
                     "(e.g. 'loss=cce activation=softmax', written as the sweep writes them)."

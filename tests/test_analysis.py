@@ -492,6 +492,8 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
     assert acc.short() == "inconclusive" and "1 inconclusive (no difference larger than ±" in lead
     assert f"±{acc.detectable:.2g} in final accuracy: differences that large would have been found with 80% power" \
         in lead and lead.startswith("On MNIST")  # fmt: skip
+    assert f"inconclusive overall: final accuracy inconclusive (no difference larger than ±{acc.detectable:.2g})" \
+        in lines[0]  # fmt: skip
 
 
 def test_question_4_reads_a_two_stage_studys_tuning_and_evaluation_seeds():

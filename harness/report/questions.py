@@ -538,6 +538,24 @@ def _undetected(cases: list[tuple[Comparison, Comparison | None]]) -> str:
     )
 
 
+def _equivalent_accuracy(cases: list[tuple[Comparison, Comparison | None]]) -> str:
+    """How many inconclusive cases were still shown equivalent in final accuracy (only their speed is open)."""
+    k = sum(acc.short() == "equivalent" for acc, _ in cases)
+    return f"; {k} of the {len(cases)} inconclusive are equivalent in final accuracy" if k else ""
+
+
+def _per_metric(acc: Comparison, ep: Comparison | None) -> str:
+    """An inconclusive case, metric by metric: which one was shown equivalent, which one could not be decided."""
+    parts = []
+    for unit, c in (("final accuracy", acc), ("epochs to threshold", ep)):
+        if c is None:
+            continue
+        mde = c.detectable
+        open_ = f"inconclusive (no difference larger than ±{mde:.2g})" if math.isfinite(mde) else "inconclusive"
+        parts.append(f"{unit} {'equivalent' if c.short() == 'equivalent' else open_}")
+    return "inconclusive overall: " + "; ".join(parts)
+
+
 def _fairness(comps: Comparisons, dataset: str = "") -> tuple[str, list[str]]:
     """The lead sentence (counts of verdicts) and one line per (pair, mismatched rule) against the exact rule."""
     counts = dict.fromkeys(VERDICTS, 0)
@@ -557,8 +575,9 @@ def _fairness(comps: Comparisons, dataset: str = "") -> tuple[str, list[str]]:
         counts[verdict] += 1
         if verdict == "inconclusive":
             open_cases.append((acc, ep))
+        words = _per_metric(acc, ep) if verdict == "inconclusive" else VERDICTS[verdict]
         lines.append(
-            f"{head} — {VERDICTS[verdict]}. Accuracy: {acc.sentence()}"
+            f"{head} — {words}. Accuracy: {acc.sentence()}"
             + (f" Epochs to threshold: {ep.sentence()}" if ep is not None else "")
         )
     n = sum(counts.values())
@@ -567,7 +586,7 @@ def _fairness(comps: Comparisons, dataset: str = "") -> tuple[str, list[str]]:
         f"{where} each rule's own tuned learning rate, of {n} mismatched rule{'s' * (n != 1)} (one per (pair, rule) "
         f"case) {counts['equivalent']} {'is' if counts['equivalent'] == 1 else 'are'} equivalent to the exact rule, "
         f"{counts['better']} better, {counts['worse']} worse and {counts['inconclusive']} "
-        f"inconclusive{_undetected(open_cases)}"
+        f"inconclusive{_undetected(open_cases)}{_equivalent_accuracy(open_cases)}"
         + (f"; {counts['untestable']} {'has' if counts['untestable'] == 1 else 'have'} too few evaluation pairs for "
            "any verdict" if counts["untestable"] else "")
         + (f"; in {counts['untrainable']} no rule trained" if counts["untrainable"] else "")

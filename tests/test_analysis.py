@@ -3,6 +3,7 @@ hand-worked cases, and every plot function on a synthetic frame."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -344,9 +345,29 @@ def test_convergence_has_a_panel_per_pair_a_line_per_rule_and_marks_stopped_runs
     ax = g.axes_dict[("mse", "identity")]
     assert len(ax.get_lines()) >= 2  # one mean line per rule
     crosses = [c for c in ax.collections if isinstance(c, PathCollection)]  # scatter; the bands are polygons
-    assert len(crosses) == 1 and "1/6 runs stopped" in ax.get_title()
-    assert "runs stopped" not in g.axes_dict[("bce", "sigmoid")].get_title()
+    assert len(crosses) == 1 and "1 diverged (stopped early) (of 6)" in ax.get_title()
+    assert "diverged" not in g.axes_dict[("bce", "sigmoid")].get_title()
     assert g.axes_dict[("bce", "sigmoid")].get_yscale() == "log"
+
+
+def test_panel_titles_say_a_run_trained_on_with_an_undefined_loss_not_that_it_stopped():
+    frame = synthetic_frame(epochs=20)
+    # bce + identity, ng, seed 1: trained to epoch 20, its loss undefined from epoch 12 on (outcome "undefined");
+    # seed 2: completed, after 3 epochs with an undefined loss (tag undefined_epochs = 3)
+    run = frame["run_id"] == "bce-identity-ng-1"
+    frame.loc[run, "outcome"] = "undefined"
+    frame.loc[run & (frame["epoch"] >= 12), "train_loss"] = np.nan
+    frame["undefined_epochs"] = np.where(frame["run_id"] == "bce-identity-ng-2", 3.0, 0.0)
+    assert plots.what_happened(frame[frame["run_id"].str.startswith("bce-identity")]) == (
+        "1 loss undefined at the end; 1 loss undefined on some epochs"
+    )
+    g = plots.convergence(frame, "train_loss")
+    ax = g.axes_dict[("bce", "identity")]
+    assert ax.get_title().endswith("1 loss undefined at the end; 1 loss undefined on some epochs (of 6)")
+    crosses = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(crosses) == 1 and crosses[0].get_offsets()[0][0] == 11  # where its loss curve ends
+    g = plots.convergence(frame, "test_accuracy", log=False)  # its accuracy is defined to the end: no ✕
+    assert not [c for c in g.axes_dict[("bce", "identity")].collections if isinstance(c, PathCollection)]
 
 
 def test_convergence_band_is_the_mean_plus_minus_1_96_standard_errors():
@@ -450,15 +471,48 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
 
     same = comps(lambda s: 1.0, lambda s: 1.0)
     assert same.tuning == [0, 1, 2, 3] and same.evaluation == [4, 5, 6, 7, 8, 9]
-    lead, lines = questions._fairness(same)
-    assert "Of 1 (pair, mismatched rule) cases" in lead and "equivalent to the exact one" in lead
-    assert "in 1, worse in 0, better in 0" in lead and "tuning seeds 0–3" in lead and "evaluation seeds 4–9" in lead
-    assert "costs nothing measurable" in lines[0] and "η = 1" in lines[0]
+    lead, lines = questions._fairness(same, "xor")
+    assert lead.startswith(
+        "On XOR, at each rule's own tuned learning rate, of 1 mismatched rule (one per (pair, "
+        "rule) case) 1 is equivalent to the exact rule, 0 better, 0 worse and 0 inconclusive."
+    )
+    assert "tuning seeds 0–3" in lead and "evaluation seeds 4–9" in lead
+    assert "2 of 2 chosen rates are at the edge of the grid" in lead and "mse-sigmoid-ng η = 1 (highest)" in lead
+    assert "costs nothing measurable" in lines[0] and "η = 1, the grid's highest: the best rate may lie" in lines[0]
     worse = comps(lambda s: 0.75, lambda s: 1.0)
-    assert "worse in 1" in questions._fairness(worse)[0]
+    assert "0 better, 1 worse" in questions._fairness(worse)[0]
     few = comps(lambda s: 0.75, lambda s: 1.0, seeds=4)  # tuning 0, 1 (40 %: 2 of 4); 2 evaluation pairs
     lead, lines = questions._fairness(few)
-    assert "1 have too few evaluation pairs" in lead and "n = 2 pairs: no test at this n" in lines[0]
+    assert lead.startswith("At each") and "1 has too few evaluation pairs" in lead
+    assert "n = 2 pairs: no test at this n" in lines[0]
+    # noisy, no real difference: inconclusive, and the lead says how large a difference could have been missed
+    noisy = comps(lambda s: 0.8 + 0.05 * ((s * 7) % 5 - 2), lambda s: 0.8 + 0.05 * ((s * 3) % 5 - 2), seeds=30)
+    lead, lines = questions._fairness(noisy, "mnist")
+    acc = noisy.get("fair", "mse", "sigmoid", "ng", "final_accuracy")
+    assert acc.short() == "inconclusive" and "1 inconclusive (no difference larger than ±" in lead
+    assert f"±{acc.detectable:.2g} in final accuracy: differences that large would have been found with 80% power" \
+        in lead and lead.startswith("On MNIST")  # fmt: skip
+    assert f"inconclusive overall: final accuracy inconclusive (no difference larger than ±{acc.detectable:.2g})" \
+        in lines[0]  # fmt: skip
+
+
+def test_question_4_reads_a_two_stage_studys_tuning_and_evaluation_seeds():
+    from harness.report import questions
+
+    rows = []
+    for rule, pairing in (("ng", "mismatched"), ("chain", "exact")):
+        rows += [
+            ("mse", "sigmoid", rule, s, lr, pairing, "completed", 1.0 if lr == 1.0 else 0.5)
+            for s in range(3)
+            for lr in (0.1, 1.0, 10.0)
+        ]  # stage 1: tuning seeds 0-2, every rate
+        rows += [("mse", "sigmoid", rule, s, 1.0, pairing, "completed", 1.0) for s in range(3, 23)]  # stage 2
+    comps = questions.comparisons(SimpleNamespace(dataset="xor", threshold=None), _summary(rows))
+    assert comps.tuning == [0, 1, 2] and comps.evaluation == list(range(3, 23))
+    c = comps.get("fair", "mse", "sigmoid", "ng", "final_accuracy")
+    assert c.n == 20 and c.short() == "equivalent"
+    lead, _ = questions._fairness(comps)
+    assert "No chosen rate is at the edge of the grid" in lead
 
 
 def test_descent_share_is_quoted_beside_what_the_delta_cosine_would_claim():
@@ -491,3 +545,103 @@ def test_loss_blind_counts_the_groups_whose_histories_agree_under_every_loss():
     )
     study = loading.Study("x", "sqlite://", None, pd.DataFrame(), frame)
     assert "in 1 of 2 (activation, rule, seed, rate) groups" in questions._loss_blind(study)
+
+
+# ------------------------------------------------------------------ power, distinct tests, two-stage designs
+
+
+def test_detectable_difference_is_the_hand_worked_paired_mde():
+    # n = 20 pairs, s_d = 0.1, α = 0.05, power 0.8. From a t table with ν = 19: t_0.975 = 2.093, t_0.80 = 0.861;
+    # n·3/π = 60/3.14159 = 19.099, √19.099 = 4.3702; MDE = (2.093 + 0.861) × 0.1 / 4.3702 = 0.2954 / 4.3702 = 0.06759
+    assert stats.detectable(20, 0.1) == pytest.approx(0.06759, rel=1e-3)
+    # a stricter level (a BH cutoff 0.0025): t_0.99875,19 = 3.481 (table), so (3.481 + 0.861) × 0.1 / 4.3702 = 0.09936
+    assert stats.detectable(20, 0.1, alpha=0.0025) == pytest.approx(0.09936, rel=1e-3)
+    assert math.isnan(stats.detectable(1, 0.1)) and stats.detectable(20, 0.0) == 0.0
+
+
+def test_an_inconclusive_verdict_says_how_large_a_difference_was_ruled_out():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.8, 0.05, 20), rng.normal(0.8, 0.05, 20)
+    c = stats.compare(_seeds(a), _seeds(b), "final_accuracy", ("x", "y"))
+    stats.adjust([c])
+    assert c.short() == "inconclusive" and c.level == 0.05  # a family of one, nothing found: (0 + 1)·α/1
+    mde = stats.detectable(20, float(np.std(a - b, ddof=1)), 0.05)
+    assert f"no difference larger than ±{mde:.2g}" in c.verdict() and "80% power at n = 20" in c.verdict()
+
+
+def test_adjust_sets_the_bh_level_the_next_discovery_would_have_needed():
+    # 4 tests: two clear differences (8 pairs, all one sign: p = 2/2⁸), two null: BH finds 2, so the level a
+    # third one needed is (2 + 1) × 0.05 / 4 = 0.0375
+    clear = [stats.compare(_seeds(np.arange(8) + 1.0), _seeds(np.arange(8.0)), "final_accuracy") for _ in range(2)]
+    null = [stats.compare(_seeds([1.0, 2, 3, 4, 5, 6, 7, 8]), _seeds([2.0, 1, 4, 3, 6, 5, 8, 7]), "final_accuracy")
+            for _ in range(2)]  # fmt: skip
+    stats.adjust(clear + null)
+    assert [c.short() for c in clear] == ["a higher", "a higher"] and null[0].short() == "inconclusive"
+    assert null[0].level == pytest.approx(0.0375)
+    stats.adjust(clear + clear + null)  # the same comparison listed twice counts once: still m = 4
+    assert null[0].level == pytest.approx(0.0375)
+
+
+def test_design_seeds_reads_a_two_stage_study_from_its_runs():
+    rows = [("mse", "sigmoid", "ng", s, lr, "mismatched", "completed", 1.0) for s in (0, 1) for lr in (0.1, 1.0)]
+    rows += [("mse", "sigmoid", "ng", s, 1.0, "mismatched", "completed", 1.0) for s in range(2, 8)]
+    assert stats.design_seeds(_summary(rows)) == ([0, 1], [2, 3, 4, 5, 6, 7])
+    one_stage = [("mse", "sigmoid", "ng", s, lr, "mismatched", "completed", 1.0) for s in range(5) for lr in (0.1, 1)]
+    assert stats.design_seeds(_summary(one_stage)) == ([0, 1], [2, 3, 4])  # split_seeds: the first 40 %
+    one_rate = [r for r in one_stage if r[4] == 1]
+    assert stats.design_seeds(_summary(one_rate)) == ([], [0, 1, 2, 3, 4])
+
+
+def test_best_lr_flags_a_rate_chosen_at_the_grids_edge():
+    rows = [("mse", "sigmoid", rule, s, lr, "exact", "completed", acc)
+            for rule, accs in [("ng", (0.5, 0.9, 0.7)), ("nielsen", (0.5, 0.6, 0.9)), ("chain", (0.9, 0.5, 0.4))]
+            for lr, acc in zip((0.1, 1.0, 10.0), accs) for s in range(3)]  # fmt: skip
+    best = stats.best_lr(_summary(rows)).set_index("delta")
+    assert best["edge"].to_dict() == {"ng": "", "nielsen": "highest", "chain": "lowest"}
+
+
+def _two_losses(seeds: int = 8, differ: bool = False):
+    """ng and nielsen on mse + sigmoid and bce + sigmoid: the same training under both losses (identical accuracy
+    histories) unless ``differ``; each run logs epochs 0, 1, 2."""
+    runs, rows = [], []
+    for loss, rule, seed in itertools.product(("mse", "bce"), ("ng", "nielsen"), range(seeds)):
+        acc = [0.5, 0.75, 1.0 if rule == "ng" or seed % 3 else 0.75]
+        if differ and loss == "bce":
+            acc[1] = 0.5
+        rid = f"{loss}-{rule}-{seed}"
+        pairing = "exact" if (loss, rule) in {("mse", "nielsen"), ("bce", "ng")} else "mismatched"
+        runs.append({"run_id": rid, "loss": loss, "activation": "sigmoid", "delta": rule, "seed": seed, "lr": 1.0,
+                     "pairing": pairing, "outcome": "completed", "final_accuracy": acc[-1], "final_loss": 0.1 * seed,
+                     "epochs_to_threshold": 2.0 if acc[-1] == 1.0 else math.inf})  # fmt: skip
+        rows += [
+            {"run_id": rid, "epoch": e, "test_accuracy": v, "train_loss": 0.1, "grad_cosine": 1.0}
+            for e, v in enumerate(acc)
+        ]
+    summary = pd.DataFrame(runs)
+    summary["triple"] = summary["loss"] + "-" + summary["activation"] + "-" + summary["delta"]
+    frame = pd.DataFrame(rows).merge(
+        summary.drop(columns=["final_accuracy", "final_loss", "epochs_to_threshold"]), on="run_id"
+    )
+    return loading.Study("x", "sqlite://", None, summary, frame), summary
+
+
+def test_two_losses_under_ng_make_one_comparison_counted_once_by_bh():
+    from harness.report import questions
+
+    study, summary = _two_losses()
+    study.runs["dataset"] = "xor"
+    comps = questions.comparisons(study, summary)
+    mse, bce = comps.get("q1", "mse", "sigmoid", "final_accuracy"), comps.get("q1", "bce", "sigmoid", "final_accuracy")
+    assert mse is bce and mse.same_as == ["bce + sigmoid"]
+    assert len(comps.distinct()) == 3 < len(comps.items) == 5  # accuracy and epochs once each, mse's final loss
+    assert len(comps.table()) == 3 and comps.table()["comparison"].iloc[0] == "mse + sigmoid = bce + sigmoid"
+    text = questions.q1(study, summary, comps).text
+    assert "**bce + sigmoid** — `nielsen` is mismatched, `ng` is exact: the very runs of mse + sigmoid" in text
+    assert "**mse + sigmoid** — `nielsen` is exact, `ng` is mismatched:" in text  # still says which is exact where
+    # histories that differ under the two losses are two trainings: two tests
+    study, summary = _two_losses(differ=True)
+    study.runs["dataset"] = "xor"
+    comps = questions.comparisons(study, summary)
+    assert comps.get("q1", "mse", "sigmoid", "final_accuracy") is not comps.get("q1", "bce", "sigmoid",
+                                                                                 "final_accuracy")  # fmt: skip
+    assert len(comps.distinct()) == 5

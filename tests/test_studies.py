@@ -26,7 +26,7 @@ PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 
 
 def test_the_five_studies_exist():
-    assert {"xor_grid", "mnist_grid", "slowdown", "seed_xor", "lr_fairness"} <= set(PRESETS)
+    assert {"xor_grid", "mnist_grid", "slowdown", "seed_xor", "lr_fairness", "mnist_lr"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -41,39 +41,55 @@ def test_every_preset_composes_validates_and_is_in_the_template_idiom(compose_cf
     assert OmegaConf.load(ROOT / "experiments" / f"{name}.yaml").hydra.mode == "MULTIRUN"
 
 
-def grid(compose_cfg, name: str) -> list[dict[str, str]]:
-    """Every job of the preset's sweep, as Hydra's basic sweeper would enumerate it (cartesian product)."""
+def sweeper(name: str):
+    """The preset's ``hydra.sweeper`` node."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+        return compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True).hydra.sweeper
+
+
+def grid(compose_cfg, name: str) -> list[dict[str, str]]:
+    """Every job of the preset's sweep (of its stage 1), as the harness sweeper enumerates it: the cartesian
+    product, less the jobs ``hydra.sweeper.only`` leaves out."""
+    sweep = sweeper(name)
+    params = OmegaConf.to_container(sweep.params)
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     axes = [[(o.get_key_element(), v) for v in o.sweep_string_iterator()] for o in parsed]
-    return [dict(job) for job in itertools.product(*axes)]
+    jobs = [dict(job) for job in itertools.product(*axes)]
+    only = [dict(o.split("=", 1) for o in entry.split()) for entry in sweep.get("only") or []]
+    return [j for j in jobs if any(e.items() <= j.items() for e in only)] if only else jobs
 
 
 @pytest.mark.parametrize(
     "name,jobs,seeds",
-    [("xor_grid", 36 * 30, 30), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 7 * 10, 10),
-     ("slowdown", 4, 1), ("seed_xor", 20, 10)],
+    [("xor_grid", 36 * 30, 30), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 9 * 5, 5),
+     ("mnist_lr", 9 * 5 * 4, 4), ("slowdown", 4, 1), ("seed_xor", 20, 10)],
 )  # fmt: skip
 def test_preset_grid_sizes(compose_cfg, name, jobs, seeds):
     runs = grid(compose_cfg, name)
     assert len(runs) == jobs
     assert len({j.get("seed") for j in runs}) == seeds
-    # the header comment promises the same number of runs
+    # the header comment promises the same number of runs (of stage 1, in a two-stage study)
     header = (ROOT / "experiments" / f"{name}.yaml").read_text().splitlines()[1]
     assert f"= {jobs:,} runs" in header, header
 
 
-def test_lr_fairness_sweeps_every_triple_over_a_log_spaced_lr_grid(compose_cfg):
-    jobs = grid(compose_cfg, "lr_fairness")
+@pytest.mark.parametrize("name,triples,rates", [("lr_fairness", 36, 9), ("mnist_lr", 9, 5)])
+def test_rate_studies_tune_a_log_spaced_grid_then_evaluate_20_seeds(compose_cfg, name, triples, rates):
+    jobs = grid(compose_cfg, name)
     lrs = sorted({float(j["train.lr"]) for j in jobs})
-    assert len(lrs) >= 6
+    assert len(lrs) == rates
     ratios = np.diff(np.log10(lrs))
     assert np.allclose(ratios, ratios[0], atol=0.03)  # log-spaced
-    assert len({(j["loss"], j["activation"], j["delta"]) for j in jobs}) == 36
+    assert len({(j["loss"], j["activation"], j["delta"]) for j in jobs}) == triples
+    assert sweeper(name).evaluation_seeds >= 20  # stage 2: every question-4 comparison on ≥ 20 seed pairs
+
+
+def test_mnist_lr_runs_the_question_1_pairs_under_every_rule(compose_cfg):
+    triples = {(j["loss"], j["activation"], j["delta"]) for j in grid(compose_cfg, "mnist_lr")}
+    pairs = {("mse", "sigmoid"), ("bce", "sigmoid"), ("cce", "softmax")}
+    assert triples == {(lo, a, d) for lo, a in pairs for d in ("ng", "nielsen", "chain")}
 
 
 def test_slowdown_ties_each_cost_to_its_own_rate(compose_cfg):

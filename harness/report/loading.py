@@ -19,15 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import names
-from harness.names import EPOCHS_RUN_TAG, METRICS, OUTCOME_TAG, PAIRING_TAG, TEST_ACCURACY, TRAIN_LOSS
+from harness.names import (
+    DELTA_COSINE,
+    EPOCHS_RUN_TAG,
+    METRICS,
+    OUTCOME_TAG,
+    OVERRIDES_TAG,
+    PAIRING_TAG,
+    TEST_ACCURACY,
+    TRAIN_LOSS,
+    UNDEFINED_EPOCHS_TAG,
+)
 from harness.nn.data import ACCURACY_THRESHOLDS
 from harness.tracking import all_runs, client, histories, resolve_uri, select_sweep
 
-# Newer runs also log the output-δ cosine and tag how many evaluated epochs had an undefined loss; older runs
-# have neither (the frame then has NaN there). The names come from harness.names once it defines them.
-DELTA_COSINE = getattr(names, "DELTA_COSINE", "delta_cosine")
-UNDEFINED_EPOCHS_TAG = getattr(names, "UNDEFINED_EPOCHS_TAG", "undefined_epochs")
+# Runs that predate the output-δ cosine or the undefined-epochs tag have NaN there (columns still exist).
 REPORT_METRICS = (*METRICS, *((DELTA_COSINE,) if DELTA_COSINE not in METRICS else ()))
 
 KEYS = ["loss", "activation", "delta"]
@@ -95,6 +101,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
                 "outcome": t.get(OUTCOME_TAG, "failed" if r.info.status == "FAILED" else "running"),
                 "epochs_run": _number(t.get(EPOCHS_RUN_TAG)),
                 "undefined_epochs": _number(t.get(UNDEFINED_EPOCHS_TAG)),
+                "overrides": t.get(OVERRIDES_TAG, ""),  # the sweep job's overrides (a two-stage sweep reads them)
             }
         )
     frame = pd.DataFrame(rows)

@@ -95,9 +95,11 @@ METHODS_MD = r"""## Methods: how the numbers are made
 - **Effect and interval.** The mean paired difference with its 95 % BCa bootstrap interval (`scipy.stats.bootstrap`,
   9,999 resamples). No interval is given (and the text says why) for fewer than 3 values, all-equal values, or
   values that are infinite.
-- **Test.** Wilcoxon's signed-rank test (`scipy.stats.wilcoxon`, `zero_method="pratt"`: seeds on which the rules
-  tie stay in the ranking, so they dilute the evidence rather than vanish) with the exact sign-flip null
-  distribution (`method=PermutationMethod()`: all $2^n$ sign flips up to 13 pairs, 9,999 random ones above).
+- **Test.** Wilcoxon's signed-rank test with Pratt's zeros (seeds on which the rules tie stay in the ranking, so
+  they dilute the evidence rather than vanish) and its exact sign-flip null distribution: all $2^n$ sign flips up
+  to 13 pairs, 9,999 random ones above. It is computed as `scipy.stats.permutation_test` over sign flips
+  (`permutation_type="samples"`) with the signed-rank statistic in vectorised form: the same p-value as
+  `scipy.stats.wilcoxon(d, zero_method="pratt", method=PermutationMethod())`, checked in the test suite.
 - **Too few pairs.** An exact two-sided sign-flip test cannot give p < 0.05 with fewer than 6 pairs
   ($2/2^5 = 0.0625$): such comparisons get no verdict, say so, and are left out of the multiple-testing family.
 - **Equivalence.** "Equivalent" means TOST: two one-sided signed-rank tests against the margins $\pm 0.02$ in
@@ -106,12 +108,28 @@ METHODS_MD = r"""## Methods: how the numbers are made
   p-value is the larger of the two. Overlapping intervals are not evidence of equivalence.
 - **Multiple comparisons.** Benjamini–Hochberg (`scipy.stats.false_discovery_control`) across all the comparisons
   of this report: the difference tests form one family, the equivalence tests another; verdicts use q < 0.05.
+  Each distinct test counts once: `ng` and `nielsen` never read the loss, so the same activation, rule, seed and
+  rate under two loss names is one training (the report checks that their accuracy histories are identical), and
+  a comparison that stands on the same runs under two loss names is made once.
+- **Power of an inconclusive result.** An inconclusive comparison states the smallest mean difference its test
+  would have found with 80 % power,
+  $\mathrm{MDE} = (t_{1-\alpha/2,\,n-1} + t_{0.8,\,n-1})\, s_d / \sqrt{n \cdot 3/\pi}$, with $s_d$ the standard
+  deviation of the $n$ finite paired differences. It is the paired t-test's minimum
+  detectable effect, with $n$ shrunk by $3/\pi$, the signed-rank test's asymptotic relative efficiency on normal
+  data. $\alpha$ is the level the comparison had to meet after Benjamini–Hochberg: with $k$ of the $m$ difference
+  tests significant, the next needed $p \le (k+1)\,0.05/m$. "No difference larger than X" means a true difference
+  of X would have been found with 80 % power; a smaller one may have been missed.
 - **Never reached (censoring).** Epochs to threshold is $\infty$ for a run that never reached the threshold. A pair
   where neither rule reached it is a tie; a pair where only one did counts as a difference beyond every finite one
   (the signed-rank test ranks it last). Mean differences are over the pairs where both reached it.
-- **Learning-rate grids.** Each triple's best rate is chosen on the first 40 % of the seeds (tuning seeds) and
-  judged on the other seeds (evaluation seeds): the seeds that choose a rate never grade it. Every comparison
-  pairs two rules on the same evaluation seed, each at its own chosen rate; nothing pools across rates.
+- **Learning-rate grids.** Each triple's best rate (best mean final accuracy, a diverged run counting as the
+  worst; ties to fewer epochs to threshold) is chosen on tuning seeds and judged on disjoint evaluation seeds: the
+  seeds that choose a rate never grade it. A two-stage study (`hydra.sweeper.evaluation_seeds`) trains its tuning
+  seeds at every rate, chooses each triple's rate from those runs with this same rule, then trains its evaluation
+  seeds at the chosen rate only: the report tells them apart by the runs (tuning seeds ran at several rates). A
+  one-stage grid tunes on the first 40 % of its seeds. Every comparison pairs two rules on the same evaluation
+  seed, each at its own chosen rate; nothing pools across rates. A rate chosen at the grid's lowest or highest
+  value is flagged: the best rate may lie beyond the grid.
 """
 
 QUESTIONS = [
@@ -197,7 +215,8 @@ if study.dataset != "neuron":
         plots.show(plots.summary_heatmaps(runs, "epochs_to_threshold", stat="mean", fmt=".0f", cmap="viridis_r"),
                    plots.alt_heatmaps(runs, "epochs_to_threshold"))
     if comps.best is not None:
-        plots.show(plots.lr_sensitivity(summary), plots.alt_lr(summary))
+        tuned = summary[summary["seed"].isin(comps.tuning)]  # the seeds that ran at every rate
+        plots.show(plots.lr_sensitivity(tuned), plots.alt_lr(tuned, "the tuning seeds"))
         plots.show(plots.best_lr(comps.best), plots.alt_best_lr(comps.best, comps))
 """,
 }
@@ -206,12 +225,27 @@ APPENDIX = """\
 summary.to_csv({csv!r}, index=False)
 columns = ['run_name', 'seed', 'lr', 'pairing', 'status', 'outcome', 'epochs_run', 'undefined_epochs',
            'final_accuracy', 'final_loss', 'epochs_to_threshold']
-display(plots.details(f"All {{len(comps.items)}} comparisons of this report (p, BH q, TOST)", comps.table()))
+display(plots.details(f"All {{len(comps.distinct())}} distinct comparisons of this report (p, BH q, TOST, "
+                      "detectable difference)", comps.table()))
 stopped = summary[summary['outcome'] != 'completed']
 display(plots.details(f"{{len(stopped)}} of {{len(summary)}} runs did not complete", stopped[columns]))
 display(plots.details(f"All {{len(summary)}} runs (also the CSV artifact report/runs.csv of the sweep's parent run)",
                       summary[columns]))
 """
+
+
+def assignment_cells() -> list[nbformat.NotebookNode]:
+    """HOOK for ``harness.report.assignment`` (written by another engineer): its ``assignment_answer()`` (an
+    object with ``.show()``, like :class:`harness.report.questions.Answer`) opens the questions. Until that module
+    exists, no cells; the lead may instead move this call or its cells wherever the answer belongs."""
+    import importlib.util
+
+    if importlib.util.find_spec("harness.report.assignment") is None:
+        return []
+    return [
+        new_markdown_cell("## Ng's assignment"),
+        new_code_cell("from harness.report.assignment import assignment_answer\nassignment_answer().show()"),
+    ]
 
 
 def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.NotebookNode:
@@ -231,6 +265,7 @@ def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.Note
         ),
         new_code_cell("questions.exactness()"),
     ]
+    cells += assignment_cells()  # HOOK: Ng's assignment answer, first among the questions (when it exists)
     for title, question, code, math, figures in QUESTIONS:
         cells.append(new_markdown_cell(f"## {title}\n\n> {question}"))
         cells.append(new_code_cell(code))

@@ -1,11 +1,11 @@
 """Seaborn figures on the frames of :mod:`harness.report.loading` (each function returns its figure or grid).
 
 - :func:`convergence`: a metric vs epoch, faceted loss × activation, colour = delta rule, mean over seeds
-  with a 95 % band (mean ± 1.96 standard errors); runs that diverged / became undefined end in a red ✕ at
-  their last logged value, and each panel's title counts them.
+  with a 95 % band (mean ± 1.96 standard errors); a red ✕ where a run's curve ends early (it diverged, or its
+  loss became undefined), and each panel's title counts runs that diverged or had an undefined loss, by kind.
 - :func:`summary_heatmaps`: one panel per rule, a (loss × activation) heatmap of a per-run summary value,
   mismatched cells hatched, cells annotated with how many runs diverged.
-- :func:`grad_cosine`: cos ∠(δ_rule, δ_chain) over training for the mismatched triples.
+- :func:`grad_cosine`: the cosine between a mismatched rule's update and the true gradient, over training.
 - :func:`slowdown`: Nielsen's chapter-3 neuron, output vs epoch for both costs and both starting points.
 - :func:`lr_sensitivity` and :func:`best_lr`: final metric vs learning rate, and each triple at its best rate.
 """
@@ -86,22 +86,48 @@ def convergence(frame: pd.DataFrame, metric: str = "train_loss", log: bool | Non
     if log:
         g.set(yscale="log")
     _mark_stopped(g, frame, metric)
-    g.figure.suptitle(f"{metric} per epoch (mean and 95 % band over seeds; ✕ = run diverged/undefined)", y=1.02)
+    g.figure.suptitle(f"{metric} per epoch (mean and 95 % band over seeds; ✕ = where a run's {metric} ends: it "
+                      "diverged or its loss became undefined)", y=1.02)  # fmt: skip
     return g
 
 
+def what_happened(panel: pd.DataFrame) -> str:
+    """The runs of one panel that did not simply train to the end with a defined loss, each kind counted:
+    ``3 diverged (stopped early); 27 loss undefined at the end; 2 loss undefined on some epochs`` ("" if none).
+
+    *diverged*: non-finite weights or loss, training stopped. *undefined at the end*: trained to the last epoch
+    but its outputs were outside the loss's domain there (its accuracy still counts). *undefined on some
+    epochs*: completed with a defined final loss, after epochs whose loss was undefined (``undefined_epochs``).
+    """
+    runs = panel.drop_duplicates("run_id")
+    diverged = int((runs["outcome"] == "diverged").sum())
+    undefined = int((runs["outcome"] == "undefined").sum())
+    some = 0
+    if "undefined_epochs" in runs:
+        some = int(((runs["outcome"] == "completed") & (runs["undefined_epochs"].fillna(0) > 0)).sum())
+    parts = [
+        f"{diverged} diverged (stopped early)" if diverged else "",
+        f"{undefined} loss undefined at the end" if undefined else "",
+        f"{some} loss undefined on some epochs" if some else "",
+    ]
+    return "; ".join(p for p in parts if p)
+
+
 def _mark_stopped(g: sns.FacetGrid, frame: pd.DataFrame, metric: str) -> None:
-    """A red ✕ at each stopped run's last finite value, and the count in the panel title."""
+    """A red ✕ where a run's ``metric`` ends before the run does (it diverged, or its loss became undefined), and
+    in each panel's title the count of runs that diverged or had an undefined loss (:func:`what_happened`)."""
     for (loss, act), ax in g.axes_dict.items():
         panel = frame[(frame["loss"] == loss) & (frame["activation"] == act)]
-        stopped = panel[panel["outcome"].isin(STOPPED)]
-        n_runs, n_stopped = panel["run_id"].nunique(), stopped["run_id"].nunique()
-        finite = stopped[np.isfinite(stopped[metric])]
+        n_runs = panel["run_id"].nunique()
+        finite = panel[np.isfinite(panel[metric])]
         last = finite.sort_values("epoch").groupby("run_id").tail(1)
-        if len(last):
-            ax.scatter(last["epoch"], last[metric], marker="x", color="red", s=30, zorder=5)
-        if n_stopped:
-            ax.set_title(f"{ax.get_title()}\n{n_stopped}/{n_runs} runs stopped", fontsize=8, color="red")
+        end = panel.groupby("run_id")["epoch"].max()
+        cut = last[(last["outcome"] == "diverged") | (last["epoch"].to_numpy() < last["run_id"].map(end).to_numpy())]
+        if len(cut):
+            ax.scatter(cut["epoch"], cut[metric], marker="x", color="red", s=30, zorder=5)
+        happened = what_happened(panel)
+        if happened:
+            ax.set_title(f"{ax.get_title()}\n{happened} (of {n_runs})", fontsize=7, color="red")
         if n_runs and not np.isfinite(panel[metric]).any():
             ax.text(0.5, 0.5, f"no finite {metric}:\n" + _outcomes(panel), transform=ax.transAxes,
                     ha="center", va="center", fontsize=8, color="red")  # fmt: skip
@@ -118,8 +144,8 @@ def summary_heatmaps(
     """One heatmap per delta rule: ``stat`` of ``value`` over seeds for each (loss, activation).
 
     Hatched cells are mismatched pairings (the rule is not the gradient there). A cell's annotation adds
-    ``✕k`` when k runs diverged or became undefined, and "(k/n)" when only k of n runs have a finite value
-    (e.g. reached the accuracy threshold); "—" means no run has one.
+    ``✕k`` when k runs diverged, ``uk`` when k trained to the end with an undefined final loss, and "(k/n)"
+    when only k of n runs have a finite value (e.g. reached the accuracy threshold); "—" means no run has one.
     """
     rules = _order(summary["delta"], RULE_ORDER)
     losses = _order(summary["loss"], LOSSES.names())
@@ -150,7 +176,7 @@ def summary_heatmaps(
     fig.colorbar(axes[0][0].collections[0], ax=axes[0].tolist(), shrink=0.8, label=f"{stat} {value}")
     fig.suptitle(
         f"{value}: {stat} over the seeds with a finite value ((k/n): only k of n); hatched = mismatched pairing; "
-        "✕k = k runs diverged/undefined",
+        "✕k = k runs diverged (stopped early); uk = k runs trained to the end with the loss undefined there",
         fontsize=9,
         y=1.04,
     )
@@ -160,7 +186,7 @@ def summary_heatmaps(
 def _cell_labels(
     part: pd.DataFrame, grid: pd.DataFrame, losses: list[str], acts: list[str], fmt: str, value: str
 ) -> np.ndarray:
-    """Per cell: the value, "(k/n)" when only k of n runs have a finite value, "✕k" for stopped runs."""
+    """Per cell: the value, "(k/n)" when only k of n runs have a finite value, "✕k" diverged, "uk" undefined."""
     labels = np.empty((len(losses), len(acts)), dtype=object)
     for i, loss in enumerate(losses):
         for j, act in enumerate(acts):
@@ -170,8 +196,9 @@ def _cell_labels(
             values = cell[value].to_numpy(dtype=float)
             if np.isinf(values).any():  # e.g. a threshold some seeds never reached: the stat is over the rest
                 text += f" ({int(np.isfinite(values).sum())}/{len(values)})"
-            stopped = int(cell["outcome"].isin(STOPPED).sum())
-            labels[i, j] = f"{text}\n✕{stopped}" if stopped else text
+            diverged, undefined = (int((cell["outcome"] == kind).sum()) for kind in ("diverged", "undefined"))
+            marks = " ".join(m for m in (f"✕{diverged}" * bool(diverged), f"u{undefined}" * bool(undefined)) if m)
+            labels[i, j] = f"{text}\n{marks}" if marks else text
     return labels
 
 
@@ -185,9 +212,11 @@ def _hatch_mismatched(ax: plt.Axes, part: pd.DataFrame, losses: list[str], acts:
 
 
 def grad_cosine(frame: pd.DataFrame) -> sns.FacetGrid | None:
-    """cos ∠(δ_rule, δ_chain) vs epoch for every mismatched triple (None when there is none).
+    """``grad_cosine`` vs epoch for every mismatched triple (None when there is none): the cosine between the
+    rule's whole parameter update and the true gradient ∂C/∂θ of the loss (not ``delta_cosine``, which compares
+    only the output δ).
 
-    While cos > 0 the rule's step is still a descent direction for the loss, which is why a wrong δ can
+    While it is > 0 the rule's step is still a descent direction for the loss, which is why a wrong δ can
     train; where it crosses 0 the step climbs the loss.
     """
     data = thin(frame[(frame["pairing"] == "mismatched")].dropna(subset=["grad_cosine"]))
@@ -319,8 +348,10 @@ def _panels(frame: pd.DataFrame) -> str:
 
 def _stopped(frame: pd.DataFrame) -> str:
     runs = frame.drop_duplicates("run_id")
-    k = int(runs["outcome"].isin(STOPPED).sum())
-    return f"{k} of {len(runs)} runs diverged or ended undefined (red ✕ at their last finite value)."
+    happened = what_happened(frame)
+    if not happened:
+        return f"All {len(runs)} runs trained to their last epoch with a defined loss."
+    return f"Of {len(runs)} runs: {happened} (red ✕ where a run's curve ends before its last epoch)."
 
 
 def alt_convergence(frame: pd.DataFrame, metric: str) -> str:
@@ -345,8 +376,9 @@ def alt_heatmaps(summary: pd.DataFrame, value: str) -> str:
     rules = ", ".join(_order(summary["delta"], RULE_ORDER))
     return (
         f"Heatmaps of the mean {value.replace('_', ' ')} over seeds, one per δ rule ({rules}); rows are losses, "
-        f"columns output activations. Hatched cells are mismatched pairings; ✕k counts runs that diverged or ended "
-        f"undefined; (k/n) means only k of n runs have a finite value; — means none has."
+        "columns output activations. Hatched cells are mismatched pairings; ✕k counts runs that diverged, uk runs "
+        "that trained to the end with an undefined loss there; (k/n) means only k of n runs have a finite value; "
+        "— means none has."
     )
 
 
@@ -358,11 +390,12 @@ def alt_slowdown(frame: pd.DataFrame) -> str:
     )
 
 
-def alt_lr(summary: pd.DataFrame) -> str:
+def alt_lr(summary: pd.DataFrame, seeds: str = "all seeds") -> str:
     rates = ", ".join(f"{v:g}" for v in sorted(summary["lr"].dropna().unique()))
     return (
         f"Final test accuracy against learning rate (log axis: {rates}), one panel per (loss, output activation) "
-        "pair, one line per δ rule, mean and 95 % interval over all seeds; diverged runs are omitted."
+        f"pair, one line per δ rule, mean and 95 % interval over {seeds} ({summary['seed'].nunique()}); diverged "
+        "runs are omitted."
     )
 
 

@@ -16,12 +16,11 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from harness import names
+from harness.names import DELTA_COSINE
 from harness.report import stats
 from harness.report.loading import Study
 from harness.report.stats import Comparison, compare, format_ci, group_ci
 
-DELTA_COSINE = getattr(names, "DELTA_COSINE", "delta_cosine")
 Q1_PAIRS = [("mse", "sigmoid"), ("bce", "sigmoid"), ("cce", "softmax"), ("mse", "tanh")]  # nielsen vs ng
 UNITS = {"final_accuracy": "final test accuracy", "epochs_to_threshold": "epochs to threshold",
          "final_loss": "final training loss"}  # fmt: skip
@@ -91,6 +90,10 @@ class Comparisons:
     def get(self, *key) -> Comparison | None:
         return self.items.get(tuple(key))
 
+    def distinct(self) -> list[Comparison]:
+        """Each test once: keys whose runs are the same training share one :class:`Comparison`."""
+        return list({id(c): c for c in self.items.values()}.values())
+
     def design(self) -> str:
         """One sentence: which seeds and rates the comparisons stand on."""
         if self.best is None:
@@ -101,7 +104,7 @@ class Comparisons:
         )
 
     def table(self) -> pd.DataFrame:
-        return stats.table(list(self.items.values()))
+        return stats.table(self.distinct())
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -114,7 +117,7 @@ def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
     their final training loss on mse + sigmoid, and (a learning-rate grid) each mismatched rule against the
     exact reference rule on the same pair. All adjusted together."""
     grid = summary["lr"].nunique() > 1
-    tuning, evaluation = stats.split_seeds(summary["seed"]) if grid else ([], sorted(set(summary["seed"])))
+    tuning, evaluation = stats.design_seeds(summary)
     best = stats.best_lr(summary, tuning=tuning) if grid else None
     rates = {} if best is None else {tuple(r[:3]): r[3] for r in best[[*stats.KEYS, "best_lr"]].itertuples(False)}
     metrics = ["final_accuracy"] + (["epochs_to_threshold"] if study.threshold is not None else [])
@@ -123,16 +126,34 @@ def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
         lr = rates.get((loss, act, rule)) if grid else None
         return stats.paired_values(summary, metric, loss, act, rule, lr=lr, seeds=evaluation)
 
+    prints = fingerprints(getattr(study, "frame", None))
+
+    def runs(loss: str, act: str, rule: str) -> tuple:
+        """The runs one side of a comparison stands on, as (seed, rate, history fingerprint) per seed."""
+        if "run_id" not in summary:  # a frame without run ids: nothing shows two runs to be one
+            return loss, act, rule
+        lr = rates.get((loss, act, rule)) if grid else None
+        ids = stats.paired_values(summary, "run_id", loss, act, rule, lr=lr, seeds=evaluation, numeric=False)
+        return act, rule, tuple((seed, lr, prints.get(rid, rid)) for seed, rid in ids.items())
+
     frame = getattr(study, "frame", None)
     epochs = np.unique(frame["epoch"].dropna()) if frame is not None and "epoch" in frame else []
     step = float(np.median(np.diff(epochs))) if len(epochs) > 1 else 0.0  # the logging interval (train.eval_every)
 
     def add(key: tuple, metric: str, loss: str, act: str, a: str, b: str) -> None:
+        # the same runs on both sides (the same training under another loss name): the same test, made once
+        own = loss if metric == "final_loss" else None  # a loss value depends on the loss named, accuracy does not
+        signature = (metric, own, runs(loss, act, a), runs(loss, act, b))
+        if signature in made:
+            made[signature].same_as.append(f"{loss} + {act}")
+            items[key] = made[signature]
+            return
         resolution = step if metric == "epochs_to_threshold" else 0.0
-        items[key] = compare(values(metric, loss, act, a), values(metric, loss, act, b), metric, (a, b),
-                             f"{loss} + {act}", resolution)  # fmt: skip
+        items[key] = made[signature] = compare(values(metric, loss, act, a), values(metric, loss, act, b), metric,
+                                               (a, b), f"{loss} + {act}", resolution)  # fmt: skip
 
     items: dict[tuple, Comparison] = {}
+    made: dict[tuple, Comparison] = {}
     if study.dataset != "neuron":
         for loss, act in Q1_PAIRS:
             if _has(summary, loss, act, "ng", "nielsen"):
@@ -153,6 +174,19 @@ def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
     return Comparisons(items, tuning, evaluation, best)
 
 
+def fingerprints(frame: pd.DataFrame | None) -> dict[str, int]:
+    """run id → a hash of its logged accuracy histories (test, and train where logged), epoch by epoch.
+
+    Two runs with the same activation, rule, seed and rate whose fingerprints agree trained the same network:
+    ``ng`` and ``nielsen`` never read the loss, so under two loss names they are one training (their loss
+    histories differ only in what is measured). Accuracies are loss-free, so they are what is compared."""
+    if frame is None or frame.empty or "test_accuracy" not in frame:
+        return {}
+    cols = ["epoch", *(m for m in ("test_accuracy", "train_accuracy") if m in frame)]
+    f = frame[["run_id", *cols]].sort_values(["run_id", "epoch"])
+    return {rid: hash(g[cols].to_numpy(dtype=float).tobytes()) for rid, g in f.groupby("run_id", sort=False)}
+
+
 def overview(study: Study, summary: pd.DataFrame, comps: Comparisons) -> Answer:
     """The opening paragraph: what ran, how it ended, what the statistics stand on."""
     outcomes = summary["outcome"].value_counts()
@@ -163,7 +197,8 @@ def overview(study: Study, summary: pd.DataFrame, comps: Comparisons) -> Answer:
         f"triples on `{study.dataset}`, {len(seeds)} seeds, {len(lrs)} learning rate{'s' if len(lrs) > 1 else ''}; "
         + ", ".join(f"{n} {o}" for o, n in outcomes.items())
         + (f"; threshold: test accuracy ≥ {study.threshold:g}" if study.threshold is not None else "")
-        + f". Comparisons: {comps.design()}; {len(comps.items)} in all, adjusted together (see *Methods*)."
+        + f". Comparisons: {comps.design()}; {len(comps.distinct())} distinct ones in all (the same runs under two "
+        "loss names make one), adjusted together (see *Methods*)."
     )
     if comps.best is not None:
         text += " The figures show each triple at its own chosen rate on the evaluation seeds, except the rate sweep."
@@ -193,14 +228,24 @@ ROOT = (
 
 
 def _comparison_lines(comps: Comparisons, prefix: str, loss: str, act: str, a: str, b: str) -> list[str]:
-    lines = []
+    """The pair's comparisons, one line per metric; a pair whose runs are another pair's (the same training under
+    another loss name) says so and points there instead of repeating the test."""
+    lines, same = [], None
     for metric, unit in UNITS.items():
         c = comps.get(prefix, loss, act, metric)
-        if c is not None:
+        if c is None:
+            continue
+        if f"{loss} + {act}" in c.same_as:
+            same = c.label
+        else:
             lines.append(f"- {unit}: {c.sentence()}")
-    if lines:
-        lines.insert(0, f"**{loss} + {act}** — `{a}` is {_verdict(loss, act, a)}, `{b}` is {_verdict(loss, act, b)}:")
-    return lines
+    head = f"**{loss} + {act}** — `{a}` is {_verdict(loss, act, a)}, `{b}` is {_verdict(loss, act, b)}"
+    if same and not lines:
+        return [
+            f"{head}: the very runs of {same} (`{a}` and `{b}` never read the loss; their accuracy histories are "
+            f"identical under both names), so the same test as there, made and counted once."
+        ]
+    return [f"{head}:", *lines] if lines else []
 
 
 def q1(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) -> Answer:
@@ -214,13 +259,13 @@ def q1(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
     if main is None:
         lead = "This experiment has no (loss, activation) pair run with both `ng` and `nielsen`: see `xor_grid`."
     else:
-        lead = f"On {main.label}, final test accuracy, Nielsen's rule minus Ng's: {main.sentence()}"
+        lead = f"On {main.where()}, final test accuracy, Nielsen's rule minus Ng's: {main.sentence()}"
         speed = comps.get("q1", *pair, "epochs_to_threshold")
         if speed is not None:  # how fast they get there is where the rules differ most (XOR, MNIST)
             lead += f" Epochs to threshold, Nielsen's minus Ng's: {speed.sentence()}"
         lead += (
             f" (comparisons: {comps.design()}; verdicts use Benjamini–Hochberg q-values over all "
-            f"{len(comps.items)} comparisons of this report)."
+            f"{len(comps.distinct())} distinct comparisons of this report)."
         )
     paras = [f"**Answer.** {lead}", ROOT]
     paras.append(
@@ -396,7 +441,7 @@ def q4(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
     tables = []
     fair = [c for k, c in comps.items.items() if k[0] == "fair"]
     if comps.best is not None and fair:
-        lead, lines = _fairness(comps)
+        lead, lines = _fairness(comps, study.dataset)
         paras = [f"**Answer.** {lead}", correct, "\n".join(lines)]
         best = comps.best.assign(
             **{
@@ -414,13 +459,14 @@ def q4(study: Study, summary: pd.DataFrame, comps: Comparisons | None = None) ->
         c = comps.get("q4", "mse", "sigmoid", "final_accuracy") or comps.get("q1", "mse", "sigmoid", "final_accuracy")
         lrs = sorted(summary["lr"].dropna().unique())
         lead = (
-            f"On mse + sigmoid (`nielsen` exact), final test accuracy: {c.sentence()}"
+            f"On {DATASETS.get(study.dataset, study.dataset)}, mse + sigmoid (`nielsen` exact), final test accuracy: "
+            f"{c.sentence()}"
             if c is not None else "This experiment has no mse + sigmoid runs under both `nielsen` and `ng`."
         )  # fmt: skip
         paras = [
             f"**Answer.** {lead} This experiment ran one learning rate per triple (η = "
             f"{', '.join(f'{v:g}' for v in lrs)}), so it cannot say whether a mismatch only rescales the rate: the "
-            "`lr_fairness` study does.",
+            "learning-rate studies do (`lr_fairness` on XOR, `mnist_lr` on MNIST).",
             correct,
         ]
         lines = _comparison_lines(comps, "q1", "mse", "sigmoid", "nielsen", "ng")
@@ -466,34 +512,103 @@ def _case(acc: Comparison, ep: Comparison | None) -> str:
     return "inconclusive"
 
 
-def _fairness(comps: Comparisons) -> tuple[str, list[str]]:
-    """The lead sentence and one line per (pair, mismatched rule) against the exact reference rule."""
+DATASETS = {"xor": "XOR", "xor1": "XOR", "mnist": "MNIST", "neuron": "the single neuron"}
+
+
+def _rate(best: pd.DataFrame, key: tuple) -> str:
+    """``η = 31.6``, with a warning when that rate is the grid's lowest or highest."""
+    row = best.set_index(stats.KEYS).loc[key]
+    edge = f", the grid's {row['edge']}: the best rate may lie beyond it" if row["edge"] else ""
+    return f"η = {row['best_lr']:g}{edge}"
+
+
+def _undetected(cases: list[tuple[Comparison, Comparison | None]]) -> str:
+    """For the inconclusive cases: the largest difference their inconclusive tests could have missed, per metric."""
+    parts = []
+    for i, (unit, fmt) in enumerate((("in final accuracy", ".2g"), ("epochs to threshold", ".2g"))):
+        open_ = [c for c in (case[i] for case in cases) if c is not None and c.short() == "inconclusive"]
+        mdes = [c.detectable for c in open_ if math.isfinite(c.detectable)]
+        if mdes:
+            parts.append(f"±{max(mdes):{fmt}} {unit}")
+    if not parts:
+        return ""
+    return (
+        f" (no difference larger than {' or '.join(parts)}: differences that large would have been found with "
+        f"{stats.POWER:.0%} power)"
+    )
+
+
+def _equivalent_accuracy(cases: list[tuple[Comparison, Comparison | None]]) -> str:
+    """How many inconclusive cases were still shown equivalent in final accuracy (only their speed is open)."""
+    k = sum(acc.short() == "equivalent" for acc, _ in cases)
+    return f"; {k} of the {len(cases)} inconclusive are equivalent in final accuracy" if k else ""
+
+
+def _per_metric(acc: Comparison, ep: Comparison | None) -> str:
+    """An inconclusive case, metric by metric: which one was shown equivalent, which one could not be decided."""
+    parts = []
+    for unit, c in (("final accuracy", acc), ("epochs to threshold", ep)):
+        if c is None:
+            continue
+        mde = c.detectable
+        open_ = f"inconclusive (no difference larger than ±{mde:.2g})" if math.isfinite(mde) else "inconclusive"
+        parts.append(f"{unit} {'equivalent' if c.short() == 'equivalent' else open_}")
+    return "inconclusive overall: " + "; ".join(parts)
+
+
+def _fairness(comps: Comparisons, dataset: str = "") -> tuple[str, list[str]]:
+    """The lead sentence (counts of verdicts) and one line per (pair, mismatched rule) against the exact rule."""
     counts = dict.fromkeys(VERDICTS, 0)
-    lines = []
+    lines, seen, open_cases = [], set(), []
     cases = sorted({k[1:4] for k in comps.items if k[0] == "fair"})
-    rate = {tuple(r[:3]): r[3] for r in comps.best[[*stats.KEYS, "best_lr"]].itertuples(False)}
     for loss, act, rule in cases:
         acc = comps.get("fair", loss, act, rule, "final_accuracy")
         ep = comps.get("fair", loss, act, rule, "epochs_to_threshold")
+        ref = acc.b
+        head = f"- **{loss} + {act}**: `{rule}` (mismatched, {_rate(comps.best, (loss, act, rule))}) vs `{ref}` " \
+               f"(exact, {_rate(comps.best, (loss, act, ref))})"  # fmt: skip
+        if id(acc) in seen:  # the same runs as a case above: one test, counted once
+            lines.append(f"{head}: the same runs as on {acc.label}, so the same test (counted there).")
+            continue
+        seen.add(id(acc))
         verdict = _case(acc, ep)
         counts[verdict] += 1
-        ref = acc.b
+        if verdict == "inconclusive":
+            open_cases.append((acc, ep))
+        words = _per_metric(acc, ep) if verdict == "inconclusive" else VERDICTS[verdict]
         lines.append(
-            f"- **{loss} + {act}**: `{rule}` (mismatched, η = {rate[(loss, act, rule)]:g}) vs `{ref}` (exact, "
-            f"η = {rate[(loss, act, ref)]:g}) — {VERDICTS[verdict]}. Accuracy: {acc.sentence()}"
+            f"{head} — {words}. Accuracy: {acc.sentence()}"
             + (f" Epochs to threshold: {ep.sentence()}" if ep is not None else "")
         )
-    n = len(cases)
+    n = sum(counts.values())
+    where = f"On {DATASETS.get(dataset, dataset)}, at" if dataset else "At"
+    lead = (
+        f"{where} each rule's own tuned learning rate, of {n} mismatched rule{'s' * (n != 1)} (one per (pair, rule) "
+        f"case) {counts['equivalent']} {'is' if counts['equivalent'] == 1 else 'are'} equivalent to the exact rule, "
+        f"{counts['better']} better, {counts['worse']} worse and {counts['inconclusive']} "
+        f"inconclusive{_undetected(open_cases)}{_equivalent_accuracy(open_cases)}"
+        + (f"; {counts['untestable']} {'has' if counts['untestable'] == 1 else 'have'} too few evaluation pairs for "
+           "any verdict" if counts["untestable"] else "")
+        + (f"; in {counts['untrainable']} no rule trained" if counts["untrainable"] else "")
+        + "."
+    )  # fmt: skip
     m_acc = stats.MARGINS["final_accuracy"][1]
     m_ep = stats.MARGINS["epochs_to_threshold"][1]
-    lead = (
-        f"Of {n} (pair, mismatched rule) cases ({comps.design()}), the "
-        f"mismatched rule is equivalent to the exact one (TOST, margins ±{m_acc:g} accuracy and ±{m_ep:.0%} of the "
-        f"exact rule's median epochs to threshold) in {counts['equivalent']}, worse in {counts['worse']}, better in "
-        f"{counts['better']}, inconclusive in {counts['inconclusive']}; {counts['untestable']} have too few "
-        f"evaluation pairs for any verdict and in {counts['untrainable']} no rule trained. Verdicts use "
-        f"Benjamini–Hochberg q < {stats.ALPHA:g} over all {len(comps.items)} comparisons of this report."
+    lead += (
+        f" Design: {comps.design()}. Equivalent means TOST within ±{m_acc:g} accuracy and ±{m_ep:.0%} of the exact "
+        f"rule's median epochs to threshold; verdicts use Benjamini–Hochberg q < {stats.ALPHA:g} over all "
+        f"{len(comps.distinct())} distinct comparisons of this report."
     )
+    edge = comps.best[comps.best["edge"] != ""]
+    if len(edge):
+        lead += (
+            f" {len(edge)} of {len(comps.best)} chosen rates {'is' if len(edge) == 1 else 'are'} at the edge of the "
+            "grid, where the best rate may lie "
+            "beyond it: " + ", ".join(f"{r.loss}-{r.activation}-{r.delta} η = {r.best_lr:g} ({r.edge})"
+                                      for r in edge.itertuples()) + "."
+        )  # fmt: skip
+    else:
+        lead += " No chosen rate is at the edge of the grid: each triple's best rate lies inside it."
     return lead, lines
 
 

@@ -8,8 +8,10 @@
   random sign flips above); equivalence is TOST: two one-sided signed-rank tests against ± a stated margin.
 - :func:`adjust`: Benjamini–Hochberg q-values (``scipy.stats.false_discovery_control``) across all the
   comparisons one report makes; :meth:`Comparison.verdict` reads them.
-- :func:`split_seeds`, :func:`best_lr`, :func:`at_best_lr`: each triple's best learning rate, chosen on tuning
-  seeds; the comparisons then use the disjoint evaluation seeds.
+- :func:`detectable`: the power of an inconclusive comparison in words: the smallest mean difference its test
+  would have found with 80 % power at its n and level (the BH level where the family is adjusted).
+- :func:`split_seeds`, :func:`design_seeds`, :func:`best_lr`, :func:`at_best_lr`: each triple's best learning
+  rate, chosen on tuning seeds; the comparisons then use the disjoint evaluation seeds.
 
 Censoring: epochs-to-threshold is ∞ for a run that never reached the threshold. A pair where neither rule
 reached it is a tie (difference 0); a pair where only one did has difference ±∞, which the signed-rank test
@@ -41,7 +43,9 @@ MARGINS: dict[str, tuple[str, float]] = {
     "epochs_to_threshold": ("rel", 0.10),
     "final_loss": ("rel", 0.10),
 }
-TUNING_SHARE = 0.4  # lr studies: the first 40 % of the seeds pick each triple's rate, the rest evaluate it
+TUNING_SHARE = 0.4  # one-stage lr grids: the first 40 % of the seeds pick each triple's rate, the rest evaluate it
+POWER = 0.80  # the power at which an inconclusive comparison's detectable difference is stated
+ARE = 3.0 / math.pi  # asymptotic relative efficiency of the signed-rank test to the paired t-test (normal data)
 
 
 def min_p(n: int, two_sided: bool = True) -> float:
@@ -169,11 +173,23 @@ class Comparison:
     p_equiv: float = math.nan
     q: float = math.nan
     q_equiv: float = math.nan
+    sd: float = math.nan  # standard deviation of the finite paired differences (over effect.n pairs)
+    level: float = ALPHA  # the p a difference needed to count: the BH cutoff of its family (set by adjust)
+    same_as: list[str] = field(default_factory=list)  # other labels with the same runs (one test, counted once)
+
+    @property
+    def detectable(self) -> float:
+        """The smallest mean difference this comparison would have found with 80 % power (:func:`detectable`)."""
+        return detectable(self.effect.n, self.sd, self.level)
 
     @property
     def testable(self) -> bool:
         """Can a two-sided test reach p < α at this n at all (n ≥ 6 pairs)?"""
         return min_p(self.n) < ALPHA
+
+    def where(self) -> str:
+        """The label, and the other labels whose runs are the same (one test, counted once)."""
+        return self.label + (f" (the same runs as on {', '.join(self.same_as)})" if self.same_as else "")
 
     def verdict(self) -> str:
         """Words for the result, from the BH-adjusted q-values (call :func:`adjust` first)."""
@@ -191,7 +207,17 @@ class Comparison:
             return f"**equivalent** within {self.margin_text} (TOST, BH q = {self.q_equiv:.2g})"
         equiv = f"; equivalence within {self.margin_text} not shown (TOST q = {self.q_equiv:.2g})" if (
             self.margin is not None) else ""  # fmt: skip
-        return f"inconclusive: no difference detected (q = {self.q:.2g}){equiv}"
+        return f"inconclusive: {self.power_text()} (q = {self.q:.2g}){equiv}"
+
+    def power_text(self) -> str:
+        """What an inconclusive result still says: no difference larger than the detectable one."""
+        mde = self.detectable
+        if not math.isfinite(mde):
+            return "no difference detected (too few finite pairs to say how large one could have been missed)"
+        return (
+            f"no difference larger than ±{mde:.2g} (a mean difference that large would have been found with "
+            f"{POWER:.0%} power at n = {self.effect.n}, level {self.level:.2g}; a smaller one may be missed)"
+        )
 
     def short(self) -> str:
         """The verdict in a word or three, for tables."""
@@ -220,6 +246,23 @@ class Comparison:
                 else " (no pair where both reached it)"
             )
         return f"`{self.a}` − `{self.b}` = {effect} over n = {self.n} seed pairs{never}{drop} — {self.verdict()}."
+
+
+def detectable(n: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The minimum detectable mean difference of a two-sided paired test on ``n`` pairs whose differences have
+    standard deviation ``sd``, at level ``alpha`` and the given ``power``:
+
+        MDE = (t₁₋α/₂,ν + t_power,ν) · sd / √(n · 3/π),   ν = n − 1,
+
+    the paired t-test's MDE (a noncentral-t power calculation with the noncentrality approximated by shifting the
+    central t), with n shrunk by 3/π, the signed-rank test's asymptotic relative efficiency to the t-test on
+    normal data (Noether): the signed-rank test needs π/3 ≈ 1.05 × as many pairs for the same power.
+    NaN below 2 pairs or without a finite ``sd``; 0 when every difference is the same (sd = 0).
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    nu = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, nu) + stats.t.ppf(power, nu)) * sd / math.sqrt(n * ARE))
 
 
 def _direction(c: Comparison) -> float:
@@ -257,7 +300,9 @@ def compare(
     c.differ = int((d != 0).sum())
     if c.n == 0:
         return c
-    c.effect = bootstrap_ci(d[np.isfinite(x) & np.isfinite(y)])
+    finite = d[np.isfinite(x) & np.isfinite(y)]
+    c.effect = bootstrap_ci(finite)
+    c.sd = float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
     c.p = _signed_rank(d)
     kind, size = MARGINS.get(metric, (None, 0.0))
     ref = y[np.isfinite(y)]
@@ -279,13 +324,22 @@ def adjust(comparisons: Sequence[Comparison]) -> None:
     one for the equivalence tests (a comparison is read against one or the other, never both at once).
 
     Comparisons with fewer than :data:`MIN_PAIRS` pairs are not in the families: no result of theirs could count.
+    A comparison listed twice (the same object, e.g. the same runs under two loss names) counts once.
+
+    Each comparison's ``level`` becomes the p it needed to be a discovery: with k of the m difference tests
+    significant, the next one would have needed p ≤ (k + 1)·α/m (BH's step-up rule), at most α.
     """
+    comparisons = list({id(c): c for c in comparisons}.values())
     for p_attr, q_attr in (("p", "q"), ("p_equiv", "q_equiv")):
         family = [c for c in comparisons if c.testable and np.isfinite(getattr(c, p_attr))]
         if family:
             qs = stats.false_discovery_control([getattr(c, p_attr) for c in family], method="bh")
             for c, q in zip(family, qs):
                 setattr(c, q_attr, float(q))
+            if p_attr == "p":
+                found = sum(q < ALPHA for q in qs)
+                for c in family:
+                    c.level = min(ALPHA, (found + 1) * ALPHA / len(family))
 
 
 def table(comparisons: Sequence[Comparison]) -> pd.DataFrame:
@@ -293,7 +347,7 @@ def table(comparisons: Sequence[Comparison]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "comparison": c.label,
+                "comparison": " = ".join([c.label, *c.same_as]),
                 "metric": c.metric,
                 "a − b": f"{c.a} − {c.b}",
                 "pairs": c.n,
@@ -304,9 +358,10 @@ def table(comparisons: Sequence[Comparison]) -> pd.DataFrame:
                 "margin": c.margin_text.replace("`", "") or "—",
                 "p (TOST)": c.p_equiv,
                 "q TOST (BH)": c.q_equiv,
+                "detectable (80 % power)": c.detectable,
                 "verdict": c.short(),
             }
-            for c in comparisons
+            for c in {id(c): c for c in comparisons}.values()
         ]
     )
 
@@ -356,6 +411,25 @@ def split_seeds(seeds: Sequence[int]) -> tuple[list[int], list[int]]:
     return s[:k], s[k:]
 
 
+def design_seeds(summary: pd.DataFrame) -> tuple[list[int], list[int]]:
+    """(tuning, evaluation) seeds of a learning-rate grid, read from the runs themselves.
+
+    A two-stage study (``hydra.sweeper.evaluation_seeds``) trains its tuning seeds at every rate and its
+    evaluation seeds only at each triple's chosen rate: the tuning seeds are those some triple ran at several
+    rates, the evaluation seeds the rest. A one-stage grid (every seed at every rate): :func:`split_seeds`.
+    One rate in all: no tuning seeds, every seed evaluates.
+    """
+    seeds = sorted({int(v) for v in summary["seed"]})
+    if summary["lr"].nunique() < 2:
+        return [], seeds
+    rates = summary.groupby([*KEYS, "seed"])["lr"].nunique()
+    tuning = sorted({int(s) for s in rates[rates > 1].index.get_level_values("seed")})
+    evaluation = [s for s in seeds if s not in tuning]
+    if not tuning or not evaluation:
+        return split_seeds(seeds)
+    return tuning, evaluation
+
+
 def best_lr(
     summary: pd.DataFrame,
     value: str = "final_accuracy",
@@ -366,12 +440,15 @@ def best_lr(
 
     The rate with the best mean ``value`` over the tuning seeds wins; a diverged run counts as the worst value
     (a rate where some seeds blow up is not "best"); ties go to the rate that reached the accuracy threshold in
-    fewer mean epochs. ``tuning=None``: :func:`split_seeds`. The returned ``estimate``/``ci_*`` (``value``)
-    and ``epochs``/``epochs_*`` (mean epochs to threshold over the seeds that reached it, ``reached``) are on
-    the evaluation seeds only: the seeds that chose the rate do not grade it.
+    fewer mean epochs (then the lower rate). ``tuning=None``: :func:`design_seeds`. ``edge`` says when the
+    chosen rate is the lowest or highest one tried: the best rate may then lie beyond the grid; ``flat`` when
+    every rate did the same (e.g. no rate trained), so no rate is better and the lowest is taken. The returned
+    ``estimate``/``ci_*`` (``value``) and ``epochs``/``epochs_*`` (mean epochs to threshold over the seeds that
+    reached it, ``reached``) are on the evaluation seeds only: the seeds that chose the rate do not grade it.
     """
     if tuning is None:
-        tuning, evaluation = split_seeds(summary["seed"])
+        tuning, evaluation = design_seeds(summary)
+        tuning = tuning or evaluation  # one rate: nothing to choose, every seed both
     else:
         evaluation = sorted(set(summary["seed"]) - set(tuning)) or list(tuning)
     worst = -np.inf if higher_is_better else np.inf
@@ -381,8 +458,11 @@ def best_lr(
     for key, g in scored.groupby(KEYS, sort=False):
         tune = g[g["seed"].isin(tuning)]
         by_lr = tune.groupby("lr").agg(score=("_score", "mean"), speed=("_speed", "mean"))
-        by_lr = by_lr.sort_values(["score", "speed"], ascending=[not higher_is_better, True])
+        tried = by_lr.index
+        by_lr = by_lr.sort_values(["score", "speed"], ascending=[not higher_is_better, True], kind="stable")
         lr = float(by_lr.index[0])
+        flat = len(by_lr.drop_duplicates()) == 1  # every rate did the same (e.g. none trained): nothing chosen
+        edge = "" if flat else "lowest" if lr == tried.min() else "highest" if lr == tried.max() else ""
         at = g[(g["lr"] == lr) & g["seed"].isin(evaluation)]
         acc = bootstrap_ci(at[value].to_numpy(dtype=float))
         ep = at["_speed"].to_numpy(dtype=float)
@@ -392,8 +472,11 @@ def best_lr(
                 **dict(zip(KEYS, key)),
                 "pairing": g["pairing"].iloc[0],
                 "best_lr": lr,
+                "edge": edge,  # the chosen rate is the grid's lowest / highest: the optimum may lie beyond it
+                "flat": flat,  # every rate scored the same on the tuning seeds: the lowest is taken, arbitrarily
                 "runs": len(at),
-                "stopped_at_best": int((at["outcome"] != "completed").sum()),
+                "diverged_at_best": int((at["outcome"] == "diverged").sum()),
+                "undefined_at_best": int((at["outcome"] == "undefined").sum()),
                 "estimate": acc.estimate,
                 "ci_low": acc.low,
                 "ci_high": acc.high,
@@ -416,9 +499,10 @@ def at_best_lr(frame: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
 
 def paired_values(
     summary: pd.DataFrame, value: str, loss: str, activation: str, rule: str, lr: float | None = None,
-    seeds: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None, numeric: bool = True,
 ) -> pd.Series:  # fmt: skip
-    """``value`` of one triple indexed by seed, at one learning rate (``lr``; None: the study must have one)."""
+    """``value`` of one triple indexed by seed, at one learning rate (``lr``; None: the study must have one);
+    ``numeric=False`` for a column that is not a number (e.g. ``run_id``)."""
     part = summary[(summary["loss"] == loss) & (summary["activation"] == activation) & (summary["delta"] == rule)]
     if lr is not None:
         part = part[np.isclose(part["lr"], lr)]
@@ -426,4 +510,5 @@ def paired_values(
         raise ValueError(f"{loss}-{activation}-{rule} ran at several rates: pass lr (nothing pools across rates)")
     if seeds is not None:
         part = part[part["seed"].isin(seeds)]
-    return part.drop_duplicates("seed").set_index("seed")[value].astype(float)
+    out = part.drop_duplicates("seed").set_index("seed")[value]
+    return out.astype(float) if numeric else out

@@ -16,6 +16,14 @@ It also folds (``harness.fold``): jobs that differ only in the keys of ``hydra.s
 (default 30) per job; each replica still logs its own run, as the unfolded job would.
 ``hydra.sweeper.fold=[]`` runs one job per run; ``max_batch_size`` counts folded jobs.
 
+Two stages (``hydra.sweeper.evaluation_seeds`` = n > 0, for learning-rate studies): the sweep as given is
+stage 1 (the tuning seeds at every rate); then each triple's rate is chosen from stage 1's runs in the store, by
+the report's own rule (``harness.report.tuning``), and stage 2 launches n new seeds (after the tuning seeds) at
+each triple's chosen rate, folded the same way. One Hydra launch per stage; a failed stage-1 job stops the sweep
+before stage 2 (the report is still written). ``hydra.sweeper.only`` keeps only the jobs that match one of its
+entries (``"loss=cce activation=softmax"``: every override of the entry is one of the job's), for studies of
+chosen (loss, activation) pairs rather than the full product.
+
 It lives in ``hydra_plugins`` because Hydra instantiates sweepers only from that package (and has no
 ``from __future__ import annotations``: Hydra's plugin scan imports modules in a way that breaks it).
 """
@@ -33,9 +41,21 @@ class HarnessSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.harness_sweeper.harness_sweeper.HarnessSweeper"
     fold: list[str] = field(default_factory=lambda: ["seed", "train.lr"])  # [] = one job per run
     max_replicas: int = 30  # replicas per folded job
+    evaluation_seeds: int = 0  # > 0: a second stage of this many seeds, each triple at its chosen rate
+    only: list[str] = field(default_factory=list)  # [] = every job; else keep the jobs matching an entry
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="harness", node=HarnessSweeperConf, provider="harness")
+
+
+def _refuse(message: str) -> None:
+    """A sweeper key with a value it cannot use: one paragraph on stderr, exit status 2, before any job runs.
+    (``SystemExit``: Hydra reports any other exception as a traceback; the sweep's parent run, which the sweep
+    callback created before the sweeper, is then ended FAILED with no child.)"""
+    import sys
+
+    print(f"harness: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class HarnessSweeper(BasicSweeper):
@@ -48,10 +68,20 @@ class HarnessSweeper(BasicSweeper):
         params: dict[str, str] | None = None,
         fold: list[str] | None = None,
         max_replicas: int = 30,
+        evaluation_seeds: int = 0,
+        only: list[str] | None = None,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
+        if evaluation_seeds < 0:
+            _refuse(
+                f"hydra.sweeper.evaluation_seeds={evaluation_seeds}: the number of evaluation seeds of a second "
+                "stage must be 0 (one stage, the default) or a positive count, e.g. 20."
+            )
         self.fold = list(fold) if fold is not None else []
         self.max_replicas = max_replicas
+        self.evaluation_seeds = evaluation_seeds
+        self.only = [entry.split() for entry in only or []]
+        self.stage_one: list[list[str]] = []  # the unfolded jobs of the sweep as given (stage 1 of two)
 
     def split_arguments(self, overrides: list[Any], max_batch_size: int | None) -> list[list[list[str]]]:
         """``BasicSweeper.split_arguments``, with the jobs folded (``harness.fold.fold_jobs``) before they are
@@ -59,6 +89,17 @@ class HarnessSweeper(BasicSweeper):
         from harness.fold import fold_jobs
 
         jobs = BasicSweeper.split_arguments(overrides, None)[0]
+        only = getattr(self, "only", [])
+        if only:
+            kept = [j for j in jobs if any(set(entry) <= set(j) for entry in only)]
+            if not kept:
+                _refuse(
+                    f"hydra.sweeper.only={[' '.join(e) for e in only]} matches none of the sweep's {len(jobs)} "
+                    "jobs: each entry is a space-separated list of key=value overrides, all of which a job must have "
+                    "(e.g. 'loss=cce activation=softmax', written as the sweep writes them)."
+                )
+            jobs = kept
+        self.stage_one = jobs
         folded = fold_jobs(jobs, getattr(self, "fold", []), getattr(self, "max_replicas", 30))
         return list(BasicSweeper.split_overrides_to_chunks(folded, max_batch_size))
 
@@ -70,7 +111,29 @@ class HarnessSweeper(BasicSweeper):
 
         tracking = self.config.get("tracking") if self.config is not None else None
         install_launch_line_filter(quiet=not (tracking is not None and tracking.get("run_lines", False)))
-        return super().sweep(arguments)
+        returns = super().sweep(arguments)
+        if getattr(self, "evaluation_seeds", 0) > 0:
+            returns.extend(self._stage_two(initial_job_idx=sum(len(batch) for batch in returns)))
+        return returns
+
+    def _stage_two(self, initial_job_idx: int) -> list[Any]:
+        """Choose each triple's rate from stage 1's runs, then launch the evaluation seeds at those rates."""
+        from harness.fold import fold_jobs
+        from harness.report.tuning import shift_jobs, stage_two
+
+        plan = stage_two(self.config, self.stage_one, self.evaluation_seeds)
+        print(plan.describe())
+        if not plan.jobs:
+            return []
+        folded = shift_jobs(fold_jobs(plan.jobs, self.fold, self.max_replicas), len(self.stage_one))
+        returns = []
+        for batch in BasicSweeper.split_overrides_to_chunks(folded, self.max_batch_size):
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            for r in results:
+                _ = r.return_value  # as BasicSweeper: a failed job raises here
+            initial_job_idx += len(batch)
+            returns.append(results)
+        return returns
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing to do: ``SweepCallback.on_multirun_start`` checked every job of the sweep already."""

@@ -133,7 +133,7 @@ def test_sweep_end_to_end(tmp_path):
     p = harness("-m", "loss=bce,mse", "train.lr=2,8", f"train.epochs={epochs}", "tracking.run_lines=true", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     launched = [line.split("] ", 1)[1].strip() for line in p.stdout.splitlines() if "[HYDRA] \t#" in line]
-    assert launched == [f"#{k} : loss={lo} train.epochs={epochs} [2 runs: train.lr=2,8]"
+    assert launched == [f"#{k} : loss={lo} train.epochs={epochs} tracking.run_lines=True [2 runs: train.lr=2,8]"
                         for k, lo in enumerate(("bce", "mse"))]  # fmt: skip
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("harness")

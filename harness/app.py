@@ -26,11 +26,14 @@ from harness.core.deltas import DELTA_RULES, pairing
 from harness.core.losses import LOSSES
 from harness.names import (
     BEST_TEST_ACCURACY,
+    CONFIGURATION_TAG,
     EPOCHS_RUN_TAG,
     EPOCHS_TO_THRESHOLD,
     HASH_TAG,
+    LEVEL_TAG,
     OUTCOME_TAG,
     PAIRING_TAG,
+    SEED_LEVEL,
     TAGS_TAG,
     UNDEFINED_EPOCHS_TAG,
 )
@@ -171,15 +174,12 @@ class Recorder:
         return self
 
     def _start(self) -> None:
-        from harness.tracking import config_hash
-
         cfg = self.setup.cfg
-        common = {PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name)}
+        common = {PAIRING_TAG: pairing(cfg.delta.name, cfg.loss.name, cfg.activation.name), LEVEL_TAG: SEED_LEVEL}
         if cfg.get("tags"):
             common[TAGS_TAG] = ",".join(cfg.tags)
         specs = [
-            (name, {**extra, **common, HASH_TAG: config_hash(OmegaConf.to_container(c, resolve=True))})
-            for c, extra, name in zip(self.cfgs, self.extra, self.names)
+            (name, {**extra, **common, **identity_tags(c)}) for c, extra, name in zip(self.cfgs, self.extra, self.names)
         ]
         self.group.create(self.uri, cfg.tracking.experiment, specs, self.parent_run_id,
                           fast_path=cfg.tracking.fast_path)  # fmt: skip
@@ -207,6 +207,16 @@ class Recorder:
             for run in self.runs:
                 _best_effort(run.log_text, text, "traceback.txt")
         self.group.end(self.status, self.outcomes)  # the last metrics and the outcome tags: one transaction
+
+
+def identity_tags(cfg: DictConfig) -> dict[str, str]:
+    """What identifies a run in the store: its config hash (what ``tracking.resume`` matches) and its
+    configuration's (the config without the seed: what a study's configuration run groups)."""
+    from harness.tracking import config_hash
+    from harness.tracking.study import configuration_hash
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {HASH_TAG: config_hash(resolved), CONFIGURATION_TAG: configuration_hash(resolved)}
 
 
 def summary_metrics(result: TrainResult) -> dict[str, float]:

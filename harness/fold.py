@@ -72,6 +72,21 @@ def fold_jobs(jobs: Sequence[Sequence[str]], fold: Sequence[str], max_replicas: 
     return folded
 
 
+def select_only(jobs: Sequence[Sequence[str]], only: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The jobs (override lists) having every ``key=value`` of at least one entry of ``only`` (all if empty):
+    ``hydra.sweeper.only``."""
+    if not only:
+        return [list(j) for j in jobs]
+    return [list(j) for j in jobs if any(set(entry) <= set(j) for entry in only)]
+
+
+def planned_runs(jobs: Sequence[Sequence[str]], evaluation_seeds: int) -> int:
+    """How many runs a sweep of ``jobs`` (unfolded) trains: the jobs, plus, in a two-stage study, the evaluation
+    seeds at one chosen rate per configuration (every override but ``seed`` and ``train.lr``)."""
+    configurations = {tuple(o for o in j if _key(o) not in FOLDABLE) for j in jobs}
+    return len(jobs) + evaluation_seeds * len(configurations)
+
+
 def fold_problem(fold: Sequence[str], max_replicas: Any) -> str | None:
     """What is wrong with ``hydra.sweeper.fold`` / ``max_replicas`` (one paragraph), or None."""
     bad = [k for k in fold if k not in FOLDABLE]

@@ -52,20 +52,19 @@ def job(cfg: DictConfig) -> float | list[float]:
     replicas = unfold(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
     errors = [check(rep.cfg) for rep in replicas]
     invalid = [(rep, err) for rep, err in zip(replicas, errors) if err is not None]
-    if invalid and not multirun:
-        report_config_error(invalid[0][1])
+    if not multirun:  # a sweep's launching process checked all of this before any job
+        if invalid:
+            report_config_error(invalid[0][1])
+        check_store_or_exit(uri)
     valid = [rep for rep, err in zip(replicas, errors) if err is None]
-    accuracies, todo = skip_finished(valid, uri) if cfg.tracking.resume else ({}, valid)
+    parent = find_parent(uri, cfg.tracking.experiment, sweep_dir(hc.runtime.cwd, hc.sweep.dir)) if multirun else None
+    accuracies, todo = skip_finished(valid, uri, parent) if cfg.tracking.resume else ({}, valid)
     if todo:
         names = [run_name(rep.cfg, with_lr=multirun and varies_lr(rep.overrides)) for rep in todo]
-        parent, tags = None, None
-        if multirun:
-            parent = find_parent(uri, cfg.tracking.experiment, sweep_dir(hc.runtime.cwd, hc.sweep.dir))
-            tags = [run_tags(rep) for rep in todo]
+        tags = [run_tags(rep) for rep in todo] if multirun else None
         with blas_limit(hc):
-            if tags is not None:
-                for t in tags:
-                    t[BLAS_TAG] = str(blas_pool_size())
+            for t in tags or []:
+                t[BLAS_TAG] = str(blas_pool_size())
             cfgs = [rep.cfg for rep in todo]
             results = train_and_record(cfgs, parent_run_id=parent, cwd=hc.runtime.cwd, tags=tags, names=names)
         for rep, result, name in zip(todo, results, names):
@@ -79,12 +78,15 @@ def job(cfg: DictConfig) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def skip_finished(replicas: list, uri: str) -> tuple[dict[int, float], list]:
+def skip_finished(replicas: list, uri: str, parent: str | None) -> tuple[dict[int, float], list]:
     """``tracking.resume=true``: the final test accuracy of each replica that already has a FINISHED run with its
-    config hash (by ``id`` of the replica), and the replicas still to train."""
+    config hash (by ``id`` of the replica), and the replicas still to train. In a sweep the finished runs are
+    adopted by its parent (:func:`harness.tracking.study.adopt_runs`): the study's report, table, dashboard and
+    configuration runs count every run once, those of the interrupted sweep included."""
     from harness.tracking import config_hash, find_finished
+    from harness.tracking.study import adopt_runs
 
-    done, todo = {}, []
+    done, todo, finished_ids = {}, [], []
     for rep in replicas:
         digest = config_hash(OmegaConf.to_container(rep.cfg, resolve=True))
         finished = find_finished(uri, rep.cfg.tracking.experiment, digest)
@@ -94,7 +96,21 @@ def skip_finished(replicas: list, uri: str) -> tuple[dict[int, float], list]:
         if rep.cfg.tracking.run_lines:
             print(f"harness: skipped {' '.join(rep.overrides)}: already FINISHED as run {finished.info.run_id}")
         done[id(rep)] = float(finished.data.metrics.get("test_accuracy", float("nan")))
+        finished_ids.append(finished.info.run_id)
+    if parent is not None and finished_ids:
+        adopt_runs(uri, parent, finished_ids)
     return done, todo
+
+
+def check_store_or_exit(uri: str) -> None:
+    """:func:`harness.tracking.check_store`, its error as one paragraph and exit status 2."""
+    from harness.app import report_config_error
+    from harness.tracking import StoreError, check_store
+
+    try:
+        check_store(uri)
+    except StoreError as err:
+        report_config_error(err)
 
 
 def run_tags(rep: Any) -> dict[str, str]:
@@ -117,11 +133,13 @@ def varies_lr(overrides: list[str]) -> bool:
 
 
 def summary_line(cfg: DictConfig, result: dict[str, Any], uri: str, name: str) -> str:
-    """One line per job: what ran, how it ended, its final numbers and where its run is."""
+    """One line per run: what ran, how it ended, its final numbers and where its run is (password masked)."""
+    from harness.tracking import redact_uri
+
     return (
         f"harness: {name} on {cfg.dataset.name}: "
         f"{result['outcome']}, train_loss {result['train_loss']:.4g}, test_accuracy {result['test_accuracy']:.3f}; "
-        f"run {result['run_id']} in {uri}"
+        f"run {result['run_id']} in {redact_uri(uri)}"
     )
 
 
@@ -195,14 +213,17 @@ class SweepCallback(Callback):
         from harness.app import report_config_error
 
         try:
-            validate_sweep(config)
+            total = validate_sweep(config)
         except ConfigError as err:
             report_config_error(err)
         except Exception as err:  # a bug in the check itself: stop rather than run an unchecked sweep
             print(f"harness: error: could not check the sweep: {err}", file=sys.stderr)
             raise SystemExit(1) from err
+        from harness.tracking import resolve_uri
+
+        check_store_or_exit(resolve_uri(config.tracking.uri, config.hydra.runtime.cwd))
         try:
-            self.sweep = Sweep.start(config)
+            self.sweep = Sweep.start(config, total)
         except Exception as err:  # Hydra would only warn and run every job without a parent
             print(f"harness: error: could not create the sweep's MLflow parent run: {err}", file=sys.stderr)
             raise SystemExit(1) from err
@@ -215,36 +236,59 @@ class SweepCallback(Callback):
 
 @dataclass
 class Sweep:
-    """A sweep's parent run, in the launching process, and what happens when the sweep ends: its report, its
-    dashboard and the end of every run it left unfinished."""
+    """A sweep's parent run, in the launching process, and what happens when the sweep ends: its configuration
+    runs, its table, its report, its dashboard, and the end of every run it left unfinished."""
 
     run: Any  # harness.tracking.Run
     directory: str  # the sweep directory: the tag jobs find the parent by
     experiment_id: str
     name: str  # the preset's name, or "sweep"
     report: tuple[str, str, str] | None = None  # (experiment, uri, out directory) when the preset asks for one
+    tuning_seeds: int = 0  # a two-stage rate study: the seeds of stage 1 (its chosen rates carry more)
+    progress: Any = None  # harness.tracking.progress.StudyProgress while the sweep runs
     interrupted: bool = False
     ended: bool = False
 
     @classmethod
-    def start(cls, config: DictConfig) -> Sweep:
-        """Create the store, the experiment and the parent run (tagged with the sweep directory)."""
-        from harness.tracking import Run, ensure_experiment, resolve_uri
+    def start(cls, config: DictConfig, total: int = 0) -> Sweep:
+        """Create the store, the experiment and the parent run (tagged with the sweep directory); on
+        ``tracking.resume=true`` end KILLED what a killed launching process of the same study left RUNNING; show
+        a progress bar over the ``total`` runs (unless ``tracking.run_lines=true``)."""
+        from harness.tracking import Run, ensure_experiment, redact_uri, resolve_uri
 
         cwd = config.hydra.runtime.cwd
         uri = resolve_uri(config.tracking.uri, cwd)
         experiment_id = ensure_experiment(uri, config.tracking.experiment)
         directory = sweep_dir(cwd, config.hydra.sweep.dir)
         name = config.hydra.runtime.choices.get("experiment") or "sweep"
-        tags = {SWEEP_TAG: directory, OVERRIDES_TAG: " ".join(config.hydra.overrides.task)}
+        overrides = " ".join(config.hydra.overrides.task)
+        tags = {SWEEP_TAG: directory, OVERRIDES_TAG: overrides}
         if config.get("tags"):
             tags[TAGS_TAG] = ",".join(config.tags)
         run = Run.start(uri, config.tracking.experiment, name, tags)
         report = None
         if config.get("report") and config.report.auto:  # presets ask for a report at the end of the sweep
             report = (config.tracking.experiment, uri, str(Path(cwd, config.report.out)))
-        print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at {uri}")
-        return cls(run, directory, experiment_id, name, report)
+        print(f"harness: sweep parent run {run.run_id} in experiment {config.tracking.experiment!r} at "
+              f"{redact_uri(uri)}")  # fmt: skip
+        sweep = cls(run, directory, experiment_id, name, report, tuning_seeds=_tuning_seeds(config))
+        if config.tracking.resume:
+            sweep.end_stale(config.tracking.experiment, overrides)
+        if not config.tracking.run_lines and total:
+            sweep.show_progress(config.tracking.experiment, planned_total(config))
+        return sweep
+
+    def end_stale(self, experiment: str, overrides: str) -> None:
+        from harness.tracking.study import end_stale_runs
+
+        ended = end_stale_runs(self.run.uri, experiment, overrides, current_parent_run_id=self.run.run_id)
+        if ended:
+            print(f"harness: ended {len(ended)} runs KILLED that a killed earlier launch of this study left RUNNING")
+
+    def show_progress(self, experiment: str, total: int) -> None:
+        from harness.tracking.progress import StudyProgress
+
+        self.progress = StudyProgress(self.run.uri, experiment, self.run.run_id, total).__enter__()
 
     def watch(self) -> None:
         """End the sweep when the process exits, if nothing ended it before (a job failed, or Ctrl-C / SIGTERM:
@@ -266,34 +310,87 @@ class Sweep:
         """End the parent run with ``status`` (idempotent).
 
         First ends any child still RUNNING as KILLED (its worker was killed before its own ``finally``) and
-        says which jobs did not finish and where their runs are. Then, if the sweep asked for it
-        (``report.auto``) and was not interrupted, writes its report (also when jobs failed); a report that
-        fails is printed, never raised, and the parent run is ended anyway. Last, it saves the sweep's view in
-        the MLflow UI and prints the link to it on a line that starts with ``dashboard:``.
+        says which jobs did not finish and where their runs are. Then, unless interrupted, it writes the study's
+        configuration runs and prints its table; if the sweep asked for it (``report.auto``) writes its report
+        (also when jobs failed); saves the sweep's views in the MLflow UI and prints the link to them on a line
+        that starts with ``dashboard:``. A step that fails is printed, never raised, and the parent run is ended
+        anyway.
         """
         if self.ended:
             return
         self.ended = True
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
         uri, parent = self.run.uri, self.run.run_id
         try:
             report_children(uri, parent)
-            if self.report is not None and status != "KILLED":
-                _write_report(*self.report, parent_run_id=parent)
-            _print_dashboard(uri, self.experiment_id, self.name, parent_run_id=parent)
+            if status != "KILLED":
+                _best_effort("no configuration runs for the sweep", self._configurations)
+                if self.report is not None:
+                    _write_report(*self.report, parent_run_id=parent)
+            _print_dashboard(uri, self.experiment_id, self.name, parent_run_id=parent, chosen=self.tuning_seeds > 0)
         finally:
             self.run.end(status)
 
+    def _configurations(self) -> None:
+        """The configuration runs (:mod:`harness.tracking.study`), the chosen rates marked, and the table."""
+        from harness.names import SEEDS
+        from harness.tracking.study import configuration_runs, mark_chosen, study_table, write_configuration_runs
 
-def _print_dashboard(uri: str, experiment_id: str, name: str, parent_run_id: str) -> None:
+        uri, parent = self.run.uri, self.run.run_id
+        ids = write_configuration_runs(uri, parent)
+        if self.tuning_seeds and ids:  # stage 2 added evaluation seeds at each triple's chosen rate only
+            runs = configuration_runs(uri, parent, self.experiment_id)
+            mark_chosen(uri, [r.info.run_id for r in runs if r.data.metrics.get(SEEDS, 0) > self.tuning_seeds])
+        print(study_table(uri, parent))
+
+
+def _tuning_seeds(config: DictConfig) -> int:
+    """A two-stage study (``hydra.sweeper.evaluation_seeds`` > 0): how many seeds stage 1 sweeps; else 0."""
+    from harness.sweep_check import sweep_params
+
+    if not config.hydra.sweeper.get("evaluation_seeds"):
+        return 0
+    return len(dict(sweep_params(config)[1]).get("seed", ["0"]))
+
+
+def planned_total(config: DictConfig) -> int:
+    """The runs the sweep will train (the progress bar's total): every combination of swept values that
+    ``hydra.sweeper.only`` keeps, plus a two-stage study's evaluation runs (:func:`harness.fold.planned_runs`)."""
+    import itertools
+
+    from harness.fold import planned_runs, select_only
+    from harness.sweep_check import sweep_params
+
+    fixed, swept = sweep_params(config)
+    jobs = [[*fixed, *(f"{k}={v}" for k, v in zip([k for k, _ in swept], combo))]
+            for combo in itertools.product(*(values for _, values in swept))]  # fmt: skip
+    only = [entry.split() for entry in config.hydra.sweeper.get("only") or []]
+    return planned_runs(select_only(jobs, only), config.hydra.sweeper.get("evaluation_seeds") or 0)
+
+
+def _best_effort(what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001  (the sweep's own status matters more)
+        print(f"harness: warning: {what}: {err}", file=sys.stderr)
+
+
+def _print_dashboard(uri: str, experiment_id: str, name: str, parent_run_id: str, chosen: bool = False) -> None:
     """Save the sweep's views (:mod:`harness.tracking.dashboard`) and print the link; never raises."""
+    from harness.tracking import redact_uri
+
     try:
         from harness.tracking.dashboard import create_dashboard
 
-        url = create_dashboard(uri, experiment_id, parent_run_id, name=name)
+        url = create_dashboard(uri, experiment_id, parent_run_id, name=name, chosen=chosen)
     except Exception as err:  # noqa: BLE001  (a view must not stop the parent run from ending)
         print(f"harness: warning: no dashboard for the sweep: {err}", file=sys.stderr)
         return
-    hint = "" if uri.startswith(("http://", "https://")) else f"  (open it after: mlflow ui --backend-store-uri {uri})"
+    shown = redact_uri(uri)
+    hint = f"  (open it after: mlflow ui --backend-store-uri {shown})"
+    if uri.startswith(("http://", "https://")):
+        hint = ""
     print(f"dashboard: {url}{hint}")
 
 
@@ -308,7 +405,7 @@ def _write_report(experiment: str, uri: str, out: str, parent_run_id: str) -> No
 
 def report_children(uri: str, parent_run_id: str) -> None:
     """End orphaned children KILLED; print every child that is not FINISHED, with its run id and URL."""
-    from harness.tracking import children, end_orphans, run_url
+    from harness.tracking import children, end_orphans, redact_uri, run_url
 
     runs = children(uri, parent_run_id)
     orphans = {r.info.run_id for r in end_orphans(uri, runs, "KILLED")}
@@ -322,4 +419,4 @@ def report_children(uri: str, parent_run_id: str) -> None:
         url = run_url(uri, r.info.experiment_id, r.info.run_id)
         print(f"  #{job_no} {r.info.run_name} {status} ({overrides}): run {r.info.run_id} {url}", file=sys.stderr)
     if not uri.startswith(("http://", "https://")):
-        print(f"  (see them with: mlflow ui --backend-store-uri {uri})", file=sys.stderr)
+        print(f"  (see them with: mlflow ui --backend-store-uri {redact_uri(uri)})", file=sys.stderr)

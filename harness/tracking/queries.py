@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.names import HASH_TAG, OUTCOME_TAG, PARENT_TAG, SWEEP_TAG
+from harness.names import CONFIGURATION_LEVEL, HASH_TAG, LEVEL_TAG, OUTCOME_TAG, PARENT_TAG, SWEEP_TAG
 from harness.tracking import mlflow_sql
 from harness.tracking.run import client
 from harness.tracking.uri import redact_uri
@@ -115,7 +115,8 @@ def all_runs(mlflow_client: Any, experiment_id: str, fast_path: bool = True) -> 
 
 
 def select_sweep(runs: list, parent_run_id: str | None = None) -> tuple[str | None, list]:
-    """The runs of one sweep: the children of ``parent_run_id``, by default of the newest parent run.
+    """The seed runs of one sweep: the children of ``parent_run_id`` (by default the newest parent run), and the
+    children of its configuration runs once they are nested (:func:`study_seed_runs`).
 
     An experiment without sweep parents (only single runs) gives all its runs.
     """
@@ -123,8 +124,22 @@ def select_sweep(runs: list, parent_run_id: str | None = None) -> tuple[str | No
     if parent_run_id is None and parents:
         parent_run_id = max(parents, key=lambda r: r.info.start_time).info.run_id
     if parent_run_id is None:
-        return None, runs
-    return parent_run_id, [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
+        return None, [r for r in runs if not is_configuration(r)]
+    return parent_run_id, study_seed_runs(runs, parent_run_id)
+
+
+def is_configuration(run: Any) -> bool:
+    """Whether ``run`` is a study's configuration run (harness.tracking.study), not a seed run."""
+    return run.data.tags.get(LEVEL_TAG) == CONFIGURATION_LEVEL
+
+
+def study_seed_runs(runs: Iterable[Any], parent_run_id: str) -> list[Any]:
+    """The seed runs of the sweep ``parent_run_id`` among ``runs`` (as ``all_runs`` gives them): its children
+    that are not configuration runs, and the children of its configuration runs (once nested)."""
+    runs = list(runs)
+    configs = {r.info.run_id for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id and is_configuration(r)}
+    parents = configs | {parent_run_id}
+    return [r for r in runs if not is_configuration(r) and r.data.tags.get(PARENT_TAG) in parents]
 
 
 def _api_history(mlflow_client: Any, run_ids: list[str], metrics: Sequence[str]) -> list[tuple]:

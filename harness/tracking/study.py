@@ -74,7 +74,8 @@ from harness.names import (
     TEST_ACCURACY,
 )
 from harness.tracking import mlflow_sql
-from harness.tracking.queries import all_runs, config_hash, end_orphans, histories
+from harness.tracking.queries import all_runs, config_hash, end_orphans, histories, study_seed_runs
+from harness.tracking.queries import is_configuration as _is_configuration
 from harness.tracking.run import client, start_tags
 
 SEED_PARAM = "seed"
@@ -98,23 +99,6 @@ def configuration_hash(config: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading a study
-
-
-def _level(run: Any) -> str | None:
-    return run.data.tags.get(LEVEL_TAG)
-
-
-def study_seed_runs(runs: Iterable[Any], parent_run_id: str) -> list[Any]:
-    """The seed runs of the sweep ``parent_run_id`` among ``runs`` (as ``all_runs`` gives them): its children
-    that are not configuration runs, and the children of its configuration runs (once nested)."""
-    runs = list(runs)
-    configs = {r.info.run_id for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id and _is_configuration(r)}
-    parents = configs | {parent_run_id}
-    return [r for r in runs if not _is_configuration(r) and r.data.tags.get(PARENT_TAG) in parents]
-
-
-def _is_configuration(run: Any) -> bool:
-    return _level(run) == CONFIGURATION_LEVEL
 
 
 def configuration_runs(

@@ -86,12 +86,12 @@ class HarnessSweeper(BasicSweeper):
     def split_arguments(self, overrides: list[Any], max_batch_size: int | None) -> list[list[list[str]]]:
         """``BasicSweeper.split_arguments``, with the jobs folded (``harness.fold.fold_jobs``) before they are
         split into batches."""
-        from harness.fold import fold_jobs
+        from harness.fold import fold_jobs, select_only
 
         jobs = BasicSweeper.split_arguments(overrides, None)[0]
         only = getattr(self, "only", [])
         if only:
-            kept = [j for j in jobs if any(set(entry) <= set(j) for entry in only)]
+            kept = select_only(jobs, only)
             if not kept:
                 _refuse(
                     f"hydra.sweeper.only={[' '.join(e) for e in only]} matches none of the sweep's {len(jobs)} "

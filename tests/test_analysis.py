@@ -62,7 +62,8 @@ def test_runs_read_from_the_tables_are_mlflows_search_runs(sweep):
     experiment_id = c.get_experiment_by_name("tiny").experiment_id
     fast = queries.all_runs(c, experiment_id)
     slow = queries.all_runs(c, experiment_id, fast_path=False)  # MLflow's search_runs, every page
-    assert type(fast[0]).__name__ == "LightRun" and len(fast) == len(slow) == 17  # 16 runs and the parent
+    # 16 seed runs, their 8 configuration runs (2 seeds each) and the parent
+    assert type(fast[0]).__name__ == "LightRun" and len(fast) == len(slow) == 25
     assert [r.info.run_id for r in fast] == [r.info.run_id for r in slow]  # same order: newest first
     for a, b in zip(fast, slow):
         for field in ("run_id", "run_name", "status", "start_time", "end_time", "experiment_id"):

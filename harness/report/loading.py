@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from harness.names import (
+    BEST_TEST_ACCURACY,
     DELTA_COSINE,
     EPOCHS_RUN_TAG,
+    EPOCHS_TO_THRESHOLD,
     METRICS,
     OUTCOME_TAG,
     OVERRIDES_TAG,
@@ -93,6 +95,9 @@ def runs_frame(runs: list) -> pd.DataFrame:
                 "delta": p.get("delta"),
                 "dataset": p.get("dataset"),
                 "seed": int(_number(p.get("seed", "0"))),
+                # the run's own summary, measured at every epoch whatever its logging cadence (NaN: not logged)
+                "logged_epochs_to_threshold": r.data.metrics.get(EPOCHS_TO_THRESHOLD, math.nan),
+                "has_summary": BEST_TEST_ACCURACY in r.data.metrics,
                 "lr": _number(p.get("train.lr")),
                 "init_weight": _number(p.get("model.init_weight")),
                 "init_bias": _number(p.get("model.init_bias")),
@@ -184,7 +189,9 @@ def run_summary(study: Study, threshold: float | None = None) -> pd.DataFrame:
     or ``undefined`` (its loss was undefined at the end, but its network is finite and has an accuracy; runs
     tagged ``undefined_epochs`` train to the end, older ones stopped at epoch 0 and get NaN). It is NaN for a
     run that diverged or failed. ``final_loss`` is the last logged training loss (NaN where undefined);
-    ``epochs_to_threshold`` is inf when the threshold was never reached (also when the run diverged first).
+    ``epochs_to_threshold`` is inf when the threshold was never reached (also when the run diverged first): the
+    run's logged summary metric, exact to the epoch (``epochs_exact``), else (older runs, another threshold)
+    the first logged epoch at the threshold.
     """
     threshold = study.threshold if threshold is None else threshold
     last = study.frame.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
@@ -197,6 +204,13 @@ def run_summary(study: Study, threshold: float | None = None) -> pd.DataFrame:
     if threshold is not None:
         reach = {rid: first_epoch_at(h, TEST_ACCURACY, threshold) for rid, h in study.frame.groupby("run_id")}
         out["epochs_to_threshold"] = out["run_id"].map(reach).fillna(math.inf)
+        # At the dataset's own threshold a run's logged summary is exact to the epoch (the history has only the
+        # logged epochs): a run with a summary that lacks the metric never reached it.
+        exact = out["has_summary"].fillna(False).astype(bool) & (threshold == study.threshold)
+        logged = out["logged_epochs_to_threshold"].fillna(math.inf)
+        out.loc[exact, "epochs_to_threshold"] = logged[exact]
+        out["epochs_exact"] = exact
     else:
         out["epochs_to_threshold"] = math.nan
+        out["epochs_exact"] = False
     return out

@@ -139,6 +139,8 @@ def comparisons(study: Study, summary: pd.DataFrame) -> Comparisons:
     frame = getattr(study, "frame", None)
     epochs = np.unique(frame["epoch"].dropna()) if frame is not None and "epoch" in frame else []
     step = float(np.median(np.diff(epochs))) if len(epochs) > 1 else 0.0  # the logging interval (train.eval_every)
+    if "epochs_exact" in summary and summary["epochs_exact"].all():
+        step = 0.0  # every run's epochs to threshold is its own summary, exact to the epoch
 
     def add(key: tuple, metric: str, loss: str, act: str, a: str, b: str) -> None:
         # the same runs on both sides (the same training under another loss name): the same test, made once

@@ -14,7 +14,6 @@ the same records. ``tracking.fast_path=false`` never asks, so it never warns.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import threading
@@ -213,6 +212,27 @@ class _Guard:
 _GUARD = _Guard()
 
 
+def _load(module: str) -> ModuleType | None:
+    """One of the modules :data:`NEEDS` names (None if this MLflow has no such module). Spelled out, not
+    imported by name: nothing in harness imports a module named by a string."""
+    try:
+        if module == STORE_MODULE:
+            import mlflow.store.tracking.sqlalchemy_store as found
+        elif module == MODELS_MODULE:
+            import mlflow.store.tracking.dbmodels.models as found
+        elif module == VALIDATION_MODULE:
+            import mlflow.utils.validation as found
+        elif module == URI_MODULE:
+            import mlflow.utils.uri as found
+        elif module == ARTIFACTS_MODULE:
+            import mlflow.store.artifact.artifact_repository_registry as found
+        else:
+            return None
+    except Exception:  # noqa: BLE001  (a module that moved or fails to import: the needs in it are missing)
+        return None
+    return found
+
+
 def available() -> bool:
     """Whether every module-level need is as the fast path expects (probed once per process; warns once if not)."""
     return _probe_process()
@@ -230,12 +250,9 @@ def _probe_process() -> bool:
                 if need.where in ("client", "store"):
                     continue
                 if need.where not in roots:
-                    try:
-                        roots[need.where] = importlib.import_module(need.where)
-                        if need.where == MODELS_MODULE:
-                            configure_mappers()  # backrefs such as SqlRun.tags exist only once mappers are configured
-                    except Exception:  # noqa: BLE001
-                        roots[need.where] = None
+                    roots[need.where] = _load(need.where)
+                    if need.where == MODELS_MODULE and roots[need.where] is not None:
+                        configure_mappers()  # backrefs such as SqlRun.tags exist only once mappers are configured
                 root = roots[need.where]
                 p = "module missing" if root is None else problem(need, root)
                 if p is not None:

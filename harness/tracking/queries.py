@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.names import CONFIGURATION_LEVEL, HASH_TAG, LEVEL_TAG, OUTCOME_TAG, PARENT_TAG, SWEEP_TAG
 from harness.tracking import mlflow_sql
-from harness.tracking.run import client
+from harness.tracking.run import client, terminate
 from harness.tracking.uri import redact_uri
 
 # Config sections that say where and how a run is recorded or reported, not what it computes.
@@ -87,7 +87,7 @@ def end_orphans(uri: str, runs: Iterable[Any], status: str = "KILLED") -> list[A
     orphans = [r for r in runs if r.info.status == "RUNNING"]
     for run in orphans:
         c.set_tag(run.info.run_id, OUTCOME_TAG, outcome)
-        c.set_terminated(run.info.run_id, status)
+        terminate(c, run.info.run_id, status)
     return orphans
 
 

@@ -87,6 +87,23 @@ def start_tags(tags: Mapping[str, str] | None, parent_run_id: str | None) -> dic
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **(tags or {}), **parent}
 
 
+def terminate(mlflow_client: Any, run_id: str, status: str) -> None:
+    """``MlflowClient.set_terminated`` in one request: on an HTTP store MLflow would first fetch the whole run
+    (``get_run``) only to print a "View run ... at" line (with the server's address); the runner prints its own."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    name = MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name
+    before = os.environ.get(name)
+    os.environ[name] = "true"
+    try:
+        mlflow_client.set_terminated(run_id, status)
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 class Run:
     """One MLflow run: params, tags, buffered metrics, text artifacts, and a terminal status."""
 
@@ -145,9 +162,18 @@ class Run:
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         step = int(step)
         self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
-        full = MAX_SQL_BUFFER if self._sql() is not None else MAX_METRICS_PER_BATCH
-        if len(self._buffer) >= full or time.monotonic() - self._last_flush > self.flush_seconds:
+        if self._sql() is None and len(self._buffer) >= MAX_METRICS_PER_BATCH:
+            self._flush_whole_batches()
+        elif len(self._buffer) >= MAX_SQL_BUFFER or time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
+
+    def _flush_whole_batches(self) -> None:
+        """Off the SQL path (HTTP): send the buffer's whole batches of ``MAX_METRICS_PER_BATCH`` values, one
+        request each, and keep the rest buffered: a flush of 1,002 values would cost two requests, one of 2."""
+        cut = len(self._buffer) - len(self._buffer) % MAX_METRICS_PER_BATCH
+        batch, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        self._write(batch, {})
+        self._last_flush = time.monotonic()
 
     def flush(self, tags: Mapping[str, Any] | None = None) -> None:
         """Write every buffered metric value, and ``tags``, in one transaction on a SQL store."""
@@ -261,7 +287,7 @@ class Run:
             raise
         finally:
             if not terminated:
-                self.client.set_terminated(self.run_id, status)
+                terminate(self.client, self.run_id, status)
             self.ended = True
 
     def __repr__(self) -> str:
@@ -302,9 +328,12 @@ class RunGroup:
         one transaction on a SQL store (:func:`harness.tracking.mlflow_sql.create_runs`), else one
         ``create_run`` each (each added as soon as it exists, so ``end`` still ends it if a later one fails)."""
         store = mlflow_sql.sql_store(client(uri)) if fast_path else None
-        if store is None:
+        if store is None:  # one create_run (one request on HTTP) each; the experiment is looked up once
+            experiment_id, c = ensure_experiment(uri, experiment), client(uri)
             for name, tags in runs:
-                self.runs.append(Run.start(uri, experiment, name, tags, parent_run_id, fast_path=fast_path))
+                info = c.create_run(experiment_id, run_name=name, tags=start_tags(tags, parent_run_id)).info
+                self.runs.append(Run(uri, info.run_id, artifact_uri=info.artifact_uri, mlflow_client=c,
+                                     fast_path=fast_path))  # fmt: skip
             return
         specs = [(name, start_tags(tags, parent_run_id)) for name, tags in runs]
         created = mlflow_sql.create_runs(store, ensure_experiment(uri, experiment), specs)

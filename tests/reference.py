@@ -106,11 +106,18 @@ def reference_metrics(model: MLP, data: Dataset, loss, rule) -> tuple[dict[str, 
     return metrics, outcome
 
 
+def _sound(model: MLP, data: Dataset, loss) -> bool:
+    """What the engine watches between logged epochs: finite weights, finite test outputs, a test loss that does
+    not overflow (an undefined one, NaN, is fine)."""
+    a = model.predict(data.x_test)
+    return bool(model.is_finite() and np.isfinite(a).all() and not np.isinf(_loss(loss, a, data.y_test)))
+
+
 def reference_run(model: MLP, data: Dataset, loss, rule, *, epochs: int, lr: float, batch_size: int,
                   rng: np.random.Generator, eval_every: int | None = 1) -> TrainResult:  # fmt: skip
     """Minibatch SGD of ``model`` written out with :meth:`MLP.update` (one ``rng.permutation(n)`` per epoch,
     none for a full batch; step η/m), evaluated at ``log_epochs(epochs, eval_every)`` and at any other epoch
-    whose test outputs are not finite; stops when it diverges."""
+    where it is not :func:`_sound`; stops when it diverges."""
     loss = loss.for_activation(model.output)
     n = len(data.x_train)
     logged = set(log_epochs(epochs, eval_every).tolist())
@@ -124,7 +131,7 @@ def reference_run(model: MLP, data: Dataset, loss, rule, *, epochs: int, lr: flo
                     model.update(data.x_train[idx], data.y_train[idx],
                                  lambda z, a, y: rule.delta(loss, model.output, z, a, y), lr / len(idx))  # fmt: skip
                 result.epochs_run = epoch
-            if epoch not in logged and np.isfinite(model.predict(data.x_test)).all():
+            if epoch not in logged and _sound(model, data, loss):
                 continue
             metrics, outcome = reference_metrics(model, data, loss, rule)
             if epoch not in logged and outcome != "diverged":  # off the cadence only a divergence is recorded

@@ -93,13 +93,14 @@ def sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def store_contents(db: Path) -> dict[tuple[str, str], dict]:
-    """Every child run by (config hash, job number): name, status, params, tags, metric histories."""
+    """Every seed run by (config hash, job number): name, status, params, tags, metric histories (the study's
+    configuration runs left out, and the parent each seed run moved under, since it differs by run id)."""
     c = MlflowClient(f"sqlite:///{db}")
     exp = c.get_experiment_by_name("harness")
     out = {}
     for run in c.search_runs([exp.experiment_id], max_results=10000):
         tags = run.data.tags
-        if "mlflow.parentRunId" not in tags:
+        if "mlflow.parentRunId" not in tags or tags.get("harness.level") == "configuration":
             continue
         histories = {
             m: [(h.step, h.value) for h in sorted(c.get_metric_history(run.info.run_id, m), key=lambda h: h.step)]

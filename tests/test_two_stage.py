@@ -71,6 +71,14 @@ def test_stage_two_job_numbers_follow_stage_ones():
     assert folded[0][0] == "delta=ng" and tuning.shift_jobs([["delta=ng", "seed=2"]], 5) == [["delta=ng", "seed=2"]]
 
 
+def _sweeper(**kwargs) -> HarnessSweeper:
+    # The class as Hydra's plugin scan left it: composing a config (tests/test_sweeper.py) re-imports the module,
+    # and an instance of the class imported at collection would then fail BasicSweeper's super() call.
+    from hydra_plugins.harness_sweeper import harness_sweeper
+
+    return harness_sweeper.HarnessSweeper(None, **kwargs)
+
+
 def _split(sweeper: HarnessSweeper, params: list[str]) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides(params)
     return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
@@ -78,19 +86,19 @@ def _split(sweeper: HarnessSweeper, params: list[str]) -> list[list[str]]:
 
 def test_only_keeps_the_chosen_loss_activation_pairs(capsys):
     params = ["loss=mse,bce,cce", "activation=sigmoid,softmax", "delta=ng,chain"]
-    sweeper = HarnessSweeper(None, fold=[], only=["loss=mse activation=sigmoid", "loss=cce activation=softmax"])
+    sweeper = _sweeper(fold=[], only=["loss=mse activation=sigmoid", "loss=cce activation=softmax"])
     jobs = _split(sweeper, params)
     assert {(j[0], j[1]) for j in jobs} == {("loss=mse", "activation=sigmoid"), ("loss=cce", "activation=softmax")}
     assert len(jobs) == 4 and sweeper.stage_one == jobs
-    assert len(_split(HarnessSweeper(None, fold=[]), params)) == 12  # no `only`: the full product
+    assert len(_split(_sweeper(fold=[]), params)) == 12  # no `only`: the full product
     with pytest.raises(SystemExit) as exit_:
-        _split(HarnessSweeper(None, fold=[], only=["loss=mse activation=tanh"]), params)
+        _split(_sweeper(fold=[], only=["loss=mse activation=tanh"]), params)
     assert exit_.value.code == 2
     assert "harness: error: hydra.sweeper.only=['loss=mse activation=tanh'] matches none of the sweep's 12 jobs" in (
         capsys.readouterr().err
     )
     with pytest.raises(SystemExit) as exit_:
-        HarnessSweeper(None, evaluation_seeds=-1)
+        _sweeper(evaluation_seeds=-1)
     assert exit_.value.code == 2 and "must be 0 (one stage, the default) or a positive count" in capsys.readouterr().err
 
 

@@ -85,10 +85,12 @@ def train_and_record(
     cwd: str | None = None,
     tags: Sequence[dict[str, str]] | None = None,
     names: Sequence[str] | None = None,
+    epoch_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Train valid run configs together as replicas and log one MLflow run each (with its extra ``tags[r]``,
     named ``names[r]``, default :func:`run_name`), nested under ``parent_run_id``; returns each replica's
-    final metrics, outcome and run id.
+    final metrics, outcome and run id. ``epoch_bar``: a single run shows a bar of its epochs on a terminal
+    (a sweep shows one bar over its runs instead).
 
     The configs must differ at most in ``seed`` and ``train.lr``. Each run is what a job of its config alone
     logs: params, tags, config hash, name, metric histories (replica r is the reference network with its seed
@@ -104,7 +106,7 @@ def train_and_record(
             epochs=setup.cfg.train.epochs, lrs=[c.train.lr for c in cfgs], batch_size=setup.cfg.train.batch_size,
             seeds=[c.seed for c in cfgs], reduction=setup.cfg.train.reduction, eval_every=setup.cfg.train.eval_every,
             threshold=setup.threshold, l2=setup.cfg.train.l2, on_epoch=recorder.log_epoch,
-            progress=None if len(cfgs) == 1 else False,
+            progress=None if len(cfgs) == 1 and epoch_bar else False,
         )  # fmt: skip
         recorder.finish(results)  # recording
     return [{**result.final, "outcome": result.outcome, "run_id": run.run_id}

@@ -66,7 +66,8 @@ def job(cfg: DictConfig) -> float | list[float]:
             for t in tags or []:
                 t[BLAS_TAG] = str(blas_pool_size())
             cfgs = [rep.cfg for rep in todo]
-            results = train_and_record(cfgs, parent_run_id=parent, cwd=hc.runtime.cwd, tags=tags, names=names)
+            results = train_and_record(cfgs, parent_run_id=parent, cwd=hc.runtime.cwd, tags=tags, names=names,
+                                       epoch_bar=not multirun)  # fmt: skip
         for rep, result, name in zip(todo, results, names):
             if not multirun or cfg.tracking.run_lines:
                 print(summary_line(rep.cfg, result, uri, name))
@@ -208,6 +209,11 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.sweep: Sweep | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The joblib and Ray launchers pickle Hydra's context, this callback included, for every job: the sweep
+        # (its client, its progress thread) stays in the launching process, the one that ends it.
+        return {**self.__dict__, "sweep": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from harness.app import report_config_error

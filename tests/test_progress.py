@@ -58,3 +58,41 @@ def test_the_bar_never_passes_the_total(store):
     with StudyProgress(store, EXP, parent, total=2, interval=10, file=io.StringIO(), disable=False) as p:
         pass
     assert p.count() == 3 and p.bar.n == 2
+
+
+def _on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
+    """``python -m harness ARGS`` with its stderr on a pseudo-terminal (tqdm draws bars on terminals only);
+    returns the exit status and everything written to the terminal."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import harness_env
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env=harness_env(),
+                            stdout=subprocess.DEVNULL, stderr=slave)  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=600), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
+)
+def test_a_sweep_shows_one_progress_bar_over_its_runs(tmp_path, launcher):
+    code, screen = _on_a_terminal(["-m", "loss=bce,mse", "seed=0,1,2", "train.epochs=40", *launcher], tmp_path)
+    assert code == 0, screen
+    assert "harness: 100%" in screen and "6/6" in screen  # desc is the experiment; total: the sweep's 6 runs
+    assert "run/s" in screen or "s/run" in screen  # tqdm's rate

@@ -32,7 +32,19 @@ def all_runs(tmp_path: Path):
 
 
 def children(runs):
-    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    """The seed runs (a sweep's configuration runs, written when it ends, left out)."""
+    return [
+        r for r in runs if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("harness.level") != "configuration"
+    ]
+
+
+def count_finished(db: Path) -> int:
+    """FINISHED seed runs in the store (read-only, as :func:`count_children`)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return con.execute(
+            "select count(*) from runs where status = 'FINISHED' and run_uuid in "
+            "(select run_uuid from tags where key = 'mlflow.parentRunId')"
+        ).fetchone()[0]
 
 
 def count_children(db: Path) -> int:
@@ -114,6 +126,48 @@ def test_sigint_mid_sweep_ends_every_run_and_resume_completes_it(tmp_path, launc
     assert len(hashes) == 6 and set(hashes.values()) == {1}  # every job done once: no duplicates
     assert sorted(int(r.data.params["seed"]) for r in finished) == list(range(6))
     assert "RUNNING" not in {r.info.status for r in all_runs(tmp_path)}
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launching_process_then_resume_keeps_the_study_whole(tmp_path):
+    # SIGKILL (no handler runs) to the launching process and its workers once two runs FINISHED: the parent and the
+    # running job's run stay RUNNING. The same command with tracking.resume=true ends those KILLED, adopts the
+    # finished runs, trains the rest, and its report, runs.csv and configuration run count every seed once.
+    sweep = (*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "report.auto=true")
+    proc = start_harness(*sweep, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if count_finished(tmp_path / "mlflow.db") >= 2:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    before = all_runs(tmp_path)
+    assert "RUNNING" in {r.info.status for r in before}  # the killed launch could end nothing
+    done_before = {r.info.run_id for r in children(before) if r.info.status == "FINISHED"}
+    assert 2 <= len(done_before) < 6
+
+    p = subprocess.run(harness_cmd(*sweep, "tracking.resume=true"), cwd=tmp_path, capture_output=True, text=True,
+                       env=harness_env(), timeout=900)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    runs = all_runs(tmp_path)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    parents = sorted((r for r in runs if "harness.sweep_dir" in r.data.tags), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
+    new = parents[1].info.run_id
+    finished = [r for r in children(runs) if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.params["seed"]) for r in finished) == list(range(6))  # each seed once
+    assert done_before <= {r.info.run_id for r in finished}  # the runs finished before the kill, adopted
+    (config,) = [r for r in runs if r.data.tags.get("harness.level") == "configuration"]
+    assert config.data.tags["mlflow.parentRunId"] == new and config.data.metrics["seeds"] == 6
+    assert all(r.data.tags["mlflow.parentRunId"] == config.info.run_id for r in finished)
+    csv = (tmp_path / "reports" / "harness-runs.csv").read_text().strip().splitlines()
+    assert len(csv) == 1 + 6  # the header and each seed once
+    assert "harness: ended" in p.stdout and "KILLED" in p.stdout
 
 
 @pytest.mark.slow

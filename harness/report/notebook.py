@@ -235,16 +235,13 @@ display(plots.details(f"All {{len(summary)}} runs (also the CSV artifact report/
 
 
 def assignment_cells() -> list[nbformat.NotebookNode]:
-    """HOOK for ``harness.report.assignment`` (written by another engineer): its ``assignment_answer()`` (an
-    object with ``.show()``, like :class:`harness.report.questions.Answer`) opens the questions. Until that module
-    exists, no cells; the lead may instead move this call or its cells wherever the answer belongs."""
-    import importlib.util
+    """Ng's assignment, answered first among the questions: will Nielsen's equations score full marks on ex4?
+    (:mod:`harness.report.assignment`: the assignment's own gradient check and grader, computed per rule.)"""
+    from harness.report.assignment import QUESTION, TITLE
 
-    if importlib.util.find_spec("harness.report.assignment") is None:
-        return []
     return [
-        new_markdown_cell("## Ng's assignment"),
-        new_code_cell("from harness.report.assignment import assignment_answer\nassignment_answer().show()"),
+        new_markdown_cell(f"## {TITLE}\n\n> {QUESTION}"),
+        new_code_cell("from harness.report import assignment\nassignment.section().show()"),
     ]
 
 
@@ -265,7 +262,7 @@ def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.Note
         ),
         new_code_cell("questions.exactness()"),
     ]
-    cells += assignment_cells()  # HOOK: Ng's assignment answer, first among the questions (when it exists)
+    cells += assignment_cells()  # Ng's assignment answer, first among the questions
     for title, question, code, math, figures in QUESTIONS:
         cells.append(new_markdown_cell(f"## {title}\n\n> {question}"))
         cells.append(new_code_cell(code))

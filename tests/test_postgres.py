@@ -1,7 +1,7 @@
 """PostgreSQL as the shared store (``tracking.uri=postgresql://...``), against a real server (the ``postgres_uri``
 fixture: a fresh database per test). Sweeps under joblib and Ray leave what the same sweep leaves in SQLite;
 an interrupted sweep resumes; the report and the dashboard read from PostgreSQL; 8 writers at once lose
-nothing; and the password in the URI is written nowhere."""
+nothing; the password in the URI is written nowhere; two jobs adding one dataset at once both link it."""
 
 from __future__ import annotations
 

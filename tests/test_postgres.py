@@ -123,8 +123,9 @@ def test_a_joblib_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path,
 
 def test_a_ray_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path, postgres_uri, sqlite_reference):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install -e '.[ray]'")
-    # a local Ray: no address, so the launcher starts one (2 CPUs, no dashboard) and stops it at the end
-    args = ("hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+    # a Ray of its own (2 CPUs, no dashboard), stopped at the end: address=local, since without an address ray.init
+    # joins a cluster already running on the machine (/tmp/ray/ray_current_cluster), and refuses num_cpus then
+    args = ("hydra/launcher=ray", "hydra.launcher.ray.init.address=local", "+hydra.launcher.ray.init.num_cpus=2",
             "+hydra.launcher.ray.init.include_dashboard=false")  # fmt: skip
     env = {**harness_env(), "RAY_USAGE_STATS_ENABLED": "0"}
     p = sweep(tmp_path, *GRID, *args, f"tracking.uri={postgres_uri}", env=env)

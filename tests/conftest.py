@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ POSTGRES_ENV = "HARNESS_TEST_POSTGRES_URI"
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> str:
+def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the whole session, as a ``postgresql://user:password@host:port/db`` URI whose role
     may create databases: ``$HARNESS_TEST_POSTGRES_URI`` (``.ci/run`` starts one), else a throwaway cluster
     started here when PostgreSQL's server programs are installed (``tests/servers.py``); else the test skips."""
@@ -82,7 +83,7 @@ def libpq_uri(uri: str) -> str:
 
 
 @pytest.fixture
-def postgres_uri(postgres_server: str) -> str:
+def postgres_uri(postgres_server: str) -> Iterator[str]:
     """A FRESH, empty database (no MLflow schema yet) on the server of :func:`postgres_server`, made for this test
     alone and dropped after it (``WITH (FORCE)``: connections a killed worker left open must not keep it)."""
     import uuid

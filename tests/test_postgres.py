@@ -1,7 +1,7 @@
 """PostgreSQL as the shared store (``tracking.uri=postgresql://...``), against a real server (the ``postgres_uri``
 fixture: a fresh database per test). Sweeps under joblib and Ray leave what the same sweep leaves in SQLite;
 an interrupted sweep resumes; the report and the dashboard read from PostgreSQL; 8 writers at once lose
-nothing; and the password in the URI is written nowhere."""
+nothing; the password in the URI is written nowhere; two jobs adding one dataset at once both link it."""
 
 from __future__ import annotations
 
@@ -123,8 +123,9 @@ def test_a_joblib_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path,
 
 def test_a_ray_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path, postgres_uri, sqlite_reference):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install -e '.[ray]'")
-    # a local Ray: no address, so the launcher starts one (2 CPUs, no dashboard) and stops it at the end
-    args = ("hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+    # a Ray of its own (2 CPUs, no dashboard), stopped at the end: address=local, since without an address ray.init
+    # joins a cluster already running on the machine (/tmp/ray/ray_current_cluster), and refuses num_cpus then
+    args = ("hydra/launcher=ray", "hydra.launcher.ray.init.address=local", "+hydra.launcher.ray.init.num_cpus=2",
             "+hydra.launcher.ray.init.include_dashboard=false")  # fmt: skip
     env = {**harness_env(), "RAY_USAGE_STATS_ENABLED": "0"}
     p = sweep(tmp_path, *GRID, *args, f"tracking.uri={postgres_uri}", env=env)

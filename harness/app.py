@@ -186,9 +186,10 @@ class Recorder:
         self.group.create(self.uri, cfg.tracking.experiment, specs, self.parent_run_id,
                           fast_path=cfg.tracking.fast_path)  # fmt: skip
         freeze_startup_objects()
-        self.group.log_params([flat_params(c) for c in self.cfgs])
+        recorded = [as_recorded(c) for c in self.cfgs]
+        self.group.log_params([flat_params(c) for c in recorded])
         dataset = mlflow_dataset(self.setup.data.name)
-        for c, run in zip(self.cfgs, self.runs):
+        for c, run in zip(recorded, self.runs):
             run.log_text(OmegaConf.to_yaml(c, resolve=True), "config.yaml")
             run.log_input(dataset)
 
@@ -256,6 +257,18 @@ def _check_replicas(cfgs: Sequence[DictConfig]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ what runs log
+
+
+def as_recorded(cfg: DictConfig) -> DictConfig:
+    """The config as a run records it (params, ``config.yaml``): ``tracking.uri`` with its password masked."""
+    from harness.tracking import redact_uri
+
+    uri = cfg.tracking.get("uri")
+    if not uri or redact_uri(uri) == uri:
+        return cfg
+    out = cfg.copy()
+    out.tracking.uri = redact_uri(uri)
+    return out
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

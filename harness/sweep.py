@@ -74,7 +74,7 @@ def job(cfg: DictConfig) -> float | list[float]:
             accuracies[id(rep)] = float(result["test_accuracy"])
     if invalid:  # an ordinary exception: every launcher records a failed job
         rep, err = invalid[0]
-        raise ConfigError(f"job #{rep.job} ({' '.join(rep.overrides)}): {err}")
+        raise ConfigError(f"job #{rep.job} ({shown_overrides(rep.overrides)}): {err}")
     values = [accuracies[id(rep)] for rep in valid]
     return values[0] if len(values) == 1 else values
 
@@ -95,7 +95,7 @@ def skip_finished(replicas: list, uri: str, parent: str | None) -> tuple[dict[in
             todo.append(rep)
             continue
         if rep.cfg.tracking.run_lines:
-            print(f"harness: skipped {' '.join(rep.overrides)}: already FINISHED as run {finished.info.run_id}")
+            print(f"harness: skipped {shown_overrides(rep.overrides)}: already FINISHED as run {finished.info.run_id}")
         done[id(rep)] = float(finished.data.metrics.get("test_accuracy", float("nan")))
         finished_ids.append(finished.info.run_id)
     if parent is not None and finished_ids:
@@ -115,8 +115,15 @@ def check_store_or_exit(uri: str) -> None:
 
 
 def run_tags(rep: Any) -> dict[str, str]:
-    """A sweep run's tags: its job number in the unfolded sweep and its overrides."""
-    return {JOB_TAG: str(rep.job), OVERRIDES_TAG: " ".join(rep.overrides)}
+    """A sweep run's tags: its job number in the unfolded sweep and its overrides (passwords masked)."""
+    return {JOB_TAG: str(rep.job), OVERRIDES_TAG: shown_overrides(rep.overrides)}
+
+
+def shown_overrides(overrides: Any) -> str:
+    """Overrides as one line to print or store, every URI's password masked (``tracking.uri=...``)."""
+    from harness.tracking import redact_uri
+
+    return " ".join(redact_uri(o) if "://" in o else o for o in overrides)
 
 
 @lru_cache(maxsize=8)
@@ -267,7 +274,7 @@ class Sweep:
         experiment_id = ensure_experiment(uri, config.tracking.experiment)
         directory = sweep_dir(cwd, config.hydra.sweep.dir)
         name = config.hydra.runtime.choices.get("experiment") or "sweep"
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = shown_overrides(config.hydra.overrides.task)
         tags = {SWEEP_TAG: directory, OVERRIDES_TAG: overrides}
         if config.get("tags"):
             tags[TAGS_TAG] = ",".join(config.tags)
@@ -421,7 +428,7 @@ def report_children(uri: str, parent_run_id: str) -> None:
     print(f"harness: {len(bad)} of {len(runs)} jobs did not finish:", file=sys.stderr)
     for r in sorted(bad, key=lambda r: int(r.data.tags.get(JOB_TAG, "0"))):
         status = "KILLED" if r.info.run_id in orphans else r.info.status
-        job_no, overrides = r.data.tags.get(JOB_TAG, "?"), r.data.tags.get(OVERRIDES_TAG, "")
+        job_no, overrides = r.data.tags.get(JOB_TAG, "?"), r.data.tags.get(OVERRIDES_TAG, "")  # masked when stored
         url = run_url(uri, r.info.experiment_id, r.info.run_id)
         print(f"  #{job_no} {r.info.run_name} {status} ({overrides}): run {r.info.run_id} {url}", file=sys.stderr)
     if not uri.startswith(("http://", "https://")):

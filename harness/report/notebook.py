@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
 import shutil
 import sys
@@ -167,6 +168,7 @@ QUESTIONS = [
 
 SETUP = """\
 %matplotlib inline
+import os
 import warnings
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, imported by mlflow
 import matplotlib.pyplot as plt
@@ -175,7 +177,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from harness.report import loading, plots, questions, stats
 pd.set_option('display.width', 200)
-study = loading.load({experiment!r}, uri={uri!r}, parent_run_id={parent!r})
+study = loading.load({experiment!r}, uri={uri}, parent_run_id={parent!r})
 summary = loading.run_summary(study)
 comps = questions.comparisons(study, summary)
 # on a learning-rate grid the figures show each triple at its own best rate (chosen on the tuning seeds), on the
@@ -245,16 +247,32 @@ def assignment_cells() -> list[nbformat.NotebookNode]:
     ]
 
 
+URI_VARIABLE = "HARNESS_REPORT_URI"  # the store's full URI, for the kernel only, when it holds a password
+
+
+def uri_code(uri: str) -> str:
+    """How the notebook's code names the store: the URI itself, or, when it holds a password, the environment
+    variable :data:`URI_VARIABLE` with the masked URI as its default (the notebook and its HTML never hold the
+    password; rerun it with the variable set)."""
+    from harness.tracking import redact_uri
+
+    if redact_uri(uri) == uri:
+        return repr(uri)
+    return f"os.environ.get({URI_VARIABLE!r}, {redact_uri(uri)!r})"
+
+
 def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.NotebookNode:
     """The (unexecuted) report notebook: an overview, the math, one section per question (the answer first, then
     its evidence: derivations, tables, figures), the methods, and the run tables folded away."""
+    from harness.tracking import redact_uri
+
     cells = [
         new_markdown_cell(
             f"# Report: `{experiment}`\n\nOutput-layer error rules compared on the runs of experiment "
-            f"`{experiment}` (MLflow store `{uri}`, sweep parent run `{parent_run_id}`). Every number below is "
-            "computed when this notebook runs; the statistics are described under *Methods*."
+            f"`{experiment}` (MLflow store `{redact_uri(uri)}`, sweep parent run `{parent_run_id}`). Every number "
+            "below is computed when this notebook runs; the statistics are described under *Methods*."
         ),
-        new_code_cell(SETUP.format(experiment=experiment, uri=uri, parent=parent_run_id)),
+        new_code_cell(SETUP.format(experiment=experiment, uri=uri_code(uri), parent=parent_run_id)),
         new_markdown_cell(RULES_MD),
         new_markdown_cell(
             "## Which rule is exact where: the gradient checker (live)\n\nEach rule's δ against central finite "
@@ -278,11 +296,14 @@ def build(experiment: str, uri: str, parent_run_id: str | None) -> nbformat.Note
     return nb
 
 
-def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
-    """Run every cell in a fresh ``python3`` kernel, without a Jupyter server."""
+def execute(nb: nbformat.NotebookNode, cwd: Path, uri: str | None = None) -> nbformat.NotebookNode:
+    """Run every cell in a fresh ``python3`` kernel, without a Jupyter server; the kernel gets the store's full
+    ``uri`` in :data:`URI_VARIABLE` (its environment only: the notebook holds the masked one)."""
     from nbclient import NotebookClient
 
-    NotebookClient(nb, kernel_name=KERNEL, timeout=TIMEOUT, resources={"metadata": {"path": str(cwd)}}).execute()
+    env = {**os.environ, URI_VARIABLE: uri} if uri else None
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=TIMEOUT, resources={"metadata": {"path": str(cwd)}})
+    client.execute(**({"env": env} if env else {}))
     return nb
 
 
@@ -361,7 +382,7 @@ def write_report(
     study = locate(experiment, uri=uri, parent_run_id=parent_run_id)  # fails fast, with one clear message
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    nb = execute(build(experiment, uri, study.parent_run_id), out)
+    nb = execute(build(experiment, uri, study.parent_run_id), out, uri)
     ipynb, html = out / f"{experiment}.ipynb", out / f"{experiment}.html"
     nbformat.write(nb, ipynb)
     html.write_text(to_html(nb), encoding="utf-8")

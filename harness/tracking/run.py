@@ -261,7 +261,8 @@ class Run:
             # MLflow inserts an experiment's dataset row on first use after a check that another process
             # can pass at the same moment (parallel jobs, same dataset): the loser hits the UNIQUE
             # constraint, and then the row exists, so one more call links it.
-            if "UNIQUE constraint" not in str(err) and "IntegrityError" not in str(err):
+            # SQLite says "UNIQUE constraint failed", PostgreSQL "duplicate key value violates unique constraint"
+            if "unique constraint" not in str(err).lower() and "IntegrityError" not in str(err):
                 raise
             self.client.log_inputs(self.run_id, datasets=[entity])
 

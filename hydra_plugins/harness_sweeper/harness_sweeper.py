@@ -111,7 +111,10 @@ class HarnessSweeper(BasicSweeper):
 
         tracking = self.config.get("tracking") if self.config is not None else None
         install_launch_line_filter(quiet=not (tracking is not None and tracking.get("run_lines", False)))
-        returns = super().sweep(arguments)
+        try:
+            returns = super().sweep(arguments)
+        finally:
+            self._mask_saved_config()
         if getattr(self, "evaluation_seeds", 0) > 0:
             returns.extend(self._stage_two(initial_job_idx=sum(len(batch) for batch in returns)))
         return returns
@@ -134,6 +137,18 @@ class HarnessSweeper(BasicSweeper):
             initial_job_idx += len(batch)
             returns.append(results)
         return returns
+
+    def _mask_saved_config(self) -> None:
+        """Hydra saves the sweep's config as ``multirun.yaml`` in the sweep directory: mask the tracking URI's
+        password there, as everywhere the harness writes one."""
+        from pathlib import Path
+
+        from harness.tracking import redact_uri
+
+        uri = self.config.get("tracking", {}).get("uri") if self.config is not None else None
+        saved = Path(self.config.hydra.sweep.dir, "multirun.yaml") if uri else None
+        if saved is not None and saved.is_file() and redact_uri(uri) != uri:
+            saved.write_text(saved.read_text().replace(uri, redact_uri(uri)))
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing to do: ``SweepCallback.on_multirun_start`` checked every job of the sweep already."""

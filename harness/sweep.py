@@ -123,7 +123,11 @@ def shown_overrides(overrides: Any) -> str:
     """Overrides as one line to print or store, every URI's password masked (``tracking.uri=...``)."""
     from harness.tracking import redact_uri
 
-    return " ".join(redact_uri(o) if "://" in o else o for o in overrides)
+    def shown(override: str) -> str:
+        key, sep, value = override.partition("=")
+        return f"{key}{sep}{redact_uri(value)}" if "://" in value else override
+
+    return " ".join(shown(o) for o in overrides)
 
 
 @lru_cache(maxsize=8)

@@ -61,8 +61,8 @@ def store_contents(uri: str, experiment: str = "harness") -> dict[tuple[str, str
     out: dict[tuple[str, str], dict] = {}
     for run in c.search_runs([c.get_experiment_by_name(experiment).experiment_id], max_results=10000):
         tags = run.data.tags
-        if "mlflow.parentRunId" not in tags:
-            continue
+        if "mlflow.parentRunId" not in tags or tags.get("harness.level") == "configuration":
+            continue  # the seed runs only: configuration runs are their means
         kept = {k: v for k, v in tags.items() if k not in VOLATILE_TAGS}
         kept["harness.overrides"] = without_uri(kept["harness.overrides"])
         key = (tags["harness.config_hash"], tags["harness.job"])
@@ -194,7 +194,8 @@ def test_the_report_and_the_dashboard_read_from_postgresql(tmp_path, postgres_ur
     (parent,) = c.search_runs([experiment], "tags.`harness.sweep_dir` != ''")
     parent_id = parent.info.run_id
     csv = (tmp_path / "reports" / "slowdown-runs.csv").read_text().splitlines()
-    children = {r for (r,) in query(postgres_uri, "select run_uuid from tags where key = 'mlflow.parentRunId'")}
+    seeds = "select run_uuid from tags where key = 'harness.level' and value = 'seed'"
+    children = {r for (r,) in query(postgres_uri, seeds)}
     assert len(children) == 4 and {line.split(",")[0] for line in csv[1:]} == children
     assert "Question" in (tmp_path / "reports" / "slowdown.html").read_text()
     assert sorted(a.path for a in c.list_artifacts(parent_id, "report")) == SLOWDOWN_REPORT

@@ -377,9 +377,10 @@ def write_configuration_runs(
         rows = _metric_rows(band, summary(members, last), now)
         specs.append((names[key], start_tags(tags, parent_run_id)))
         writes.append((rows, common_params(members), members))
-    for run in old:
+    created = _write(uri, c, experiment_id, specs, writes, fast_path)
+    for run in old:  # only now: until the new runs hold the seeds, the old ones must keep them findable
         c.delete_run(run.info.run_id)
-    return _write(uri, c, experiment_id, specs, writes, fast_path)
+    return created
 
 
 def _write(uri: str, c: Any, experiment_id: str, specs: list, writes: list, fast_path: bool) -> list[str]:

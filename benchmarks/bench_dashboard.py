@@ -19,7 +19,9 @@ within ``--timeout`` seconds counts as that timeout (printed as ">").
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,20 +44,35 @@ def build_store(tmp: Path) -> Path:
     return tmp / "mlflow.db"
 
 
-def serve(db: Path, port: int, log: Path) -> subprocess.Popen:
-    """``mlflow ui`` over ``db`` on 127.0.0.1:``port``, once it answers."""
+def serve(db: Path, port: int, log: Path, timeout: float = 600.0) -> subprocess.Popen:
+    """``mlflow ui`` over ``db`` on 127.0.0.1:``port`` (one worker, its own process group), once it answers."""
     mlflow = Path(python()).with_name("mlflow")
-    cmd = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    cmd = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return proc
         except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError(f"mlflow ui on {db} did not answer; see {log}")
+            time.sleep(1)
+    stop(proc)
+    raise TimeoutError(f"mlflow ui on {db} did not answer in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn forks workers), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def first_chart_seconds(pw, link: str, profile: Path, timeout: float) -> float:
@@ -124,18 +141,18 @@ def main() -> None:
         links, phases = prepare(source, tmp)
         for phase, seconds in phases.items():
             print(f"{phase}: {seconds:.1f} s")
-        servers = [serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"),
-                   serve(tmp / "configs.db", 5102, tmp / "ui-configs.log")]  # fmt: skip
+        servers: list[subprocess.Popen] = []
         times: dict[str, list[float]] = {label: [] for label in links}
         try:
+            servers.append(serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"))
+            servers.append(serve(tmp / "configs.db", 5102, tmp / "ui-configs.log"))
             with sync_playwright() as pw:
                 for r in range(args.repeats):
                     for label, link in links.items():
                         times[label].append(first_chart_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
         finally:
             for proc in servers:
-                proc.terminate()
-                proc.wait(timeout=30)
+                stop(proc)
     show = lambda xs: spread(xs) if max(xs) < args.timeout else f"> {args.timeout:.0f} s"  # noqa: E731
     table([[label, show(xs)] for label, xs in times.items()], ["view", "time to first chart"])
     seeds, configs = median(times["seed runs"]), median(times["configuration runs"])

@@ -146,13 +146,13 @@ def _param_key(run: Any) -> str:
     return "p" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:15]
 
 
-def group_configurations(seeds: Sequence[Any]) -> dict[str, list[Any]]:
-    """Seed runs grouped by configuration: by ``CONFIGURATION_TAG`` when every run carries it, else (a store
+def group_configurations(seeds: Sequence[Any], key_tag: str = CONFIGURATION_TAG) -> dict[str, list[Any]]:
+    """Seed runs grouped by configuration: by the tag ``key_tag`` when every run carries it, else (a store
     that predates it, or a mix) by their params without ``seed``, so that one configuration never splits."""
-    tagged = all(CONFIGURATION_TAG in r.data.tags for r in seeds)
+    tagged = all(key_tag in r.data.tags for r in seeds)
     groups: dict[str, list[Any]] = {}
     for run in seeds:
-        key = run.data.tags[CONFIGURATION_TAG] if tagged else _param_key(run)
+        key = run.data.tags[key_tag] if tagged else _param_key(run)
         groups.setdefault(key, []).append(run)
     return groups
 
@@ -349,12 +349,7 @@ def write_configuration_runs(
     runs = all_runs(c, experiment_id, fast_path)
     old = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id and _is_configuration(r)]
     seeds = _once_per_seed(study_seed_runs(runs, parent_run_id))
-    if key_tag != CONFIGURATION_TAG:
-        groups: dict[str, list[Any]] = {}
-        for r in seeds:
-            groups.setdefault(r.data.tags.get(key_tag) or _param_key(r), []).append(r)
-    else:
-        groups = group_configurations(seeds)
+    groups = group_configurations(seeds, key_tag)
     if not groups:
         return []
     finished = [r.info.run_id for r in seeds if r.info.status == "FINISHED"]

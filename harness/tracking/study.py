@@ -434,11 +434,17 @@ def adopt_runs(uri: str, parent_run_id: str, run_ids: Iterable[str]) -> list[str
     adopted. Runs that are not FINISHED, are configuration runs, or already are the parent's are skipped.
 
     The lead calls it in a resumed job for the runs it skips, so the new sweep's configuration runs count
-    every seed once. One transaction on a SQL store, else one ``set_tag`` per tag."""
+    every seed once (several calls, one per resumed job, are fine). The runs are read in one query of the
+    parent's experiment; the tags written in one transaction on a SQL store, else one ``set_tag`` per tag."""
     c = client(uri)
+    wanted = list(dict.fromkeys(run_ids))
+    if not wanted:
+        return []
+    experiment_id = c.get_run(parent_run_id).info.experiment_id
+    known = {r.info.run_id: r for r in all_runs(c, experiment_id)}  # one read, not one get_run per run
     adopted: dict[str, dict[str, str]] = {}
-    for run_id in dict.fromkeys(run_ids):
-        run = c.get_run(run_id)
+    for run_id in wanted:
+        run = known.get(run_id) or c.get_run(run_id)
         tags = run.data.tags
         if run.info.status != "FINISHED" or tags.get(LEVEL_TAG) == CONFIGURATION_LEVEL:
             continue

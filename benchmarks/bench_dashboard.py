@@ -11,15 +11,16 @@ in headless Chromium (Debian's /usr/bin/chromium through Playwright; a fresh pro
   runs) then ``create_dashboard``: the 36 configuration runs, one line each.
 
 Time to first chart: from ``page.goto`` to the first line trace in a chart's SVG (plotly draws a trace once the
-run's history arrived). Rounds are interleaved (seed view, configuration view, ...); the medians and their ratio
-are printed. The UI gives up loading a chart long before our timeout on a busy machine: a page that draws nothing
-within ``--timeout`` seconds counts as that timeout (printed as ">").
+run's history arrived); also to the runs list ("N matching runs"), the page's own floor on a busy machine.
+Rounds are interleaved (seed view, configuration view, ...); the medians and their ratio are printed. A page
+that draws nothing within ``--timeout`` seconds counts as that timeout (printed as ">").
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from _common import footer, header, median, python, spread, table, verdict  # no
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 TARGET = 10.0
+TRACE = "svg.main-svg .scatterlayer .trace"  # a line chart's drawn trace (plotly)
 
 
 def build_store(tmp: Path) -> Path:
@@ -75,20 +77,24 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def first_chart_seconds(pw, link: str, profile: Path, timeout: float) -> float:
-    """Seconds from opening ``link`` to the first drawn line trace (``timeout`` if none came)."""
+def page_seconds(pw, link: str, profile: Path, timeout: float) -> tuple[float, float]:
+    """Seconds from opening ``link`` to the runs list (the "N matching runs" line: the page, its scripts and the
+    run search, the floor of any view on this machine now) and to the first drawn line trace; ``timeout`` for
+    what did not come."""
     browser = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
                                                     args=ARGS, viewport={"width": 1600, "height": 1000})  # fmt: skip
     try:
         page = browser.new_page()
         start = time.monotonic()
         page.goto(link, timeout=timeout * 1000)
-        try:
-            trace = page.locator("svg.main-svg .scatterlayer .trace").first
-            trace.wait_for(state="attached", timeout=max(1.0, timeout - (time.monotonic() - start)) * 1000)
-        except Exception:  # noqa: BLE001  (Playwright's TimeoutError: no chart within the timeout)
-            return timeout
-        return time.monotonic() - start
+        found = []
+        for locator in (page.get_by_text(re.compile(r"\d+ matching runs")), page.locator(TRACE)):
+            try:
+                locator.first.wait_for(state="attached", timeout=max(1.0, timeout - (time.monotonic() - start)) * 1000)
+                found.append(time.monotonic() - start)
+            except Exception:  # noqa: BLE001  (Playwright's TimeoutError: not within the timeout)
+                found.append(timeout)
+        return found[0], found[1]
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
@@ -142,25 +148,26 @@ def main() -> None:
         for phase, seconds in phases.items():
             print(f"{phase}: {seconds:.1f} s")
         servers: list[subprocess.Popen] = []
-        times: dict[str, list[float]] = {label: [] for label in links}
+        times: dict[str, list[tuple[float, float]]] = {label: [] for label in links}
         try:
             servers.append(serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"))
             servers.append(serve(tmp / "configs.db", 5102, tmp / "ui-configs.log"))
             with sync_playwright() as pw:
                 for r in range(args.repeats):
                     for label, link in links.items():
-                        times[label].append(first_chart_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
+                        times[label].append(page_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
         finally:
             for proc in servers:
                 stop(proc)
     show = lambda xs: spread(xs) if max(xs) < args.timeout else f"> {args.timeout:.0f} s"  # noqa: E731
-    table([[label, show(xs)] for label, xs in times.items()], ["view", "time to first chart"])
-    seeds, configs = median(times["seed runs"]), median(times["configuration runs"])
-    print(
-        f"seed-run view / configuration view: {seeds / configs:.1f}x" + (" (at least)" if seeds >= args.timeout else "")
-    )
-    print(f"configuration view, first chart: {configs:.1f} s (target <= {TARGET:.0f} s) "
-          f"{verdict(configs, TARGET, higher_is_better=False)}")  # fmt: skip
+    rows = [[label, show([t[0] for t in ts]), show([t[1] for t in ts])] for label, ts in times.items()]
+    table(rows, ["view", "runs list shown", "first chart drawn"])
+    seeds, configs = (median([t[1] for t in times[k]]) for k in ("seed runs", "configuration runs"))
+    floor = median([t[0] for t in times["configuration runs"]])
+    print(f"seed-run view / configuration view, first chart: {seeds / configs:.1f}x"
+          + (" (at least: the seed-run view timed out)" if seeds >= args.timeout else ""))  # fmt: skip
+    print(f"configuration view: first chart {configs:.1f} s, {configs - floor:.1f} s after its runs list "
+          f"(target <= {TARGET:.0f} s) {verdict(configs, TARGET, higher_is_better=False)}")  # fmt: skip
     footer()
 
 

@@ -87,14 +87,14 @@ def page_seconds(pw, link: str, profile: Path, timeout: float) -> tuple[float, f
         page = browser.new_page()
         start = time.monotonic()
         page.goto(link, timeout=timeout * 1000)
-        found = []
-        for locator in (page.get_by_text(re.compile(r"\d+ matching runs")), page.locator(TRACE)):
-            try:
-                locator.first.wait_for(state="attached", timeout=max(1.0, timeout - (time.monotonic() - start)) * 1000)
-                found.append(time.monotonic() - start)
-            except Exception:  # noqa: BLE001  (Playwright's TimeoutError: not within the timeout)
-                found.append(timeout)
-        return found[0], found[1]
+        targets = [page.get_by_text(re.compile(r"matching runs|Load more")), page.locator(TRACE)]
+        found: list[float | None] = [None, None]
+        while None in found and time.monotonic() - start < timeout:  # both watched at once: either may come first
+            for i, locator in enumerate(targets):
+                if found[i] is None and locator.count():
+                    found[i] = time.monotonic() - start
+            page.wait_for_timeout(100)
+        return found[0] or timeout, found[1] or timeout
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)

@@ -11,15 +11,18 @@ in headless Chromium (Debian's /usr/bin/chromium through Playwright; a fresh pro
   runs) then ``create_dashboard``: the 36 configuration runs, one line each.
 
 Time to first chart: from ``page.goto`` to the first line trace in a chart's SVG (plotly draws a trace once the
-run's history arrived). Rounds are interleaved (seed view, configuration view, ...); the medians and their ratio
-are printed. The UI gives up loading a chart long before our timeout on a busy machine: a page that draws nothing
-within ``--timeout`` seconds counts as that timeout (printed as ">").
+run's history arrived); also to the runs list ("N matching runs"), the page's own floor on a busy machine.
+Rounds are interleaved (seed view, configuration view, ...); the medians and their ratio are printed. A page
+that draws nothing within ``--timeout`` seconds counts as that timeout (printed as ">").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from _common import footer, header, median, python, spread, table, verdict  # no
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 TARGET = 10.0
+TRACE = "svg.main-svg .scatterlayer .trace"  # a line chart's drawn trace (plotly)
 
 
 def build_store(tmp: Path) -> Path:
@@ -42,36 +46,55 @@ def build_store(tmp: Path) -> Path:
     return tmp / "mlflow.db"
 
 
-def serve(db: Path, port: int, log: Path) -> subprocess.Popen:
-    """``mlflow ui`` over ``db`` on 127.0.0.1:``port``, once it answers."""
+def serve(db: Path, port: int, log: Path, timeout: float = 600.0) -> subprocess.Popen:
+    """``mlflow ui`` over ``db`` on 127.0.0.1:``port`` (one worker, its own process group), once it answers."""
     mlflow = Path(python()).with_name("mlflow")
-    cmd = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    cmd = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return proc
         except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError(f"mlflow ui on {db} did not answer; see {log}")
+            time.sleep(1)
+    stop(proc)
+    raise TimeoutError(f"mlflow ui on {db} did not answer in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-def first_chart_seconds(pw, link: str, profile: Path, timeout: float) -> float:
-    """Seconds from opening ``link`` to the first drawn line trace (``timeout`` if none came)."""
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn forks workers), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def page_seconds(pw, link: str, profile: Path, timeout: float) -> tuple[float, float]:
+    """Seconds from opening ``link`` to the runs list (the "N matching runs" line: the page, its scripts and the
+    run search, the floor of any view on this machine now) and to the first drawn line trace; ``timeout`` for
+    what did not come."""
     browser = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
                                                     args=ARGS, viewport={"width": 1600, "height": 1000})  # fmt: skip
     try:
         page = browser.new_page()
         start = time.monotonic()
         page.goto(link, timeout=timeout * 1000)
-        try:
-            trace = page.locator("svg.main-svg .scatterlayer .trace").first
-            trace.wait_for(state="attached", timeout=max(1.0, timeout - (time.monotonic() - start)) * 1000)
-        except Exception:  # noqa: BLE001  (Playwright's TimeoutError: no chart within the timeout)
-            return timeout
-        return time.monotonic() - start
+        targets = [page.get_by_text(re.compile(r"matching runs|Load more")), page.locator(TRACE)]
+        found: list[float | None] = [None, None]
+        while None in found and time.monotonic() - start < timeout:  # both watched at once: either may come first
+            for i, locator in enumerate(targets):
+                if found[i] is None and locator.count():
+                    found[i] = time.monotonic() - start
+            page.wait_for_timeout(100)
+        return found[0] or timeout, found[1] or timeout
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
@@ -124,26 +147,27 @@ def main() -> None:
         links, phases = prepare(source, tmp)
         for phase, seconds in phases.items():
             print(f"{phase}: {seconds:.1f} s")
-        servers = [serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"),
-                   serve(tmp / "configs.db", 5102, tmp / "ui-configs.log")]  # fmt: skip
-        times: dict[str, list[float]] = {label: [] for label in links}
+        servers: list[subprocess.Popen] = []
+        times: dict[str, list[tuple[float, float]]] = {label: [] for label in links}
         try:
+            servers.append(serve(tmp / "seeds.db", 5101, tmp / "ui-seeds.log"))
+            servers.append(serve(tmp / "configs.db", 5102, tmp / "ui-configs.log"))
             with sync_playwright() as pw:
                 for r in range(args.repeats):
                     for label, link in links.items():
-                        times[label].append(first_chart_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
+                        times[label].append(page_seconds(pw, link, tmp / f"profile-{r}", args.timeout))
         finally:
             for proc in servers:
-                proc.terminate()
-                proc.wait(timeout=30)
+                stop(proc)
     show = lambda xs: spread(xs) if max(xs) < args.timeout else f"> {args.timeout:.0f} s"  # noqa: E731
-    table([[label, show(xs)] for label, xs in times.items()], ["view", "time to first chart"])
-    seeds, configs = median(times["seed runs"]), median(times["configuration runs"])
-    print(
-        f"seed-run view / configuration view: {seeds / configs:.1f}x" + (" (at least)" if seeds >= args.timeout else "")
-    )
-    print(f"configuration view, first chart: {configs:.1f} s (target <= {TARGET:.0f} s) "
-          f"{verdict(configs, TARGET, higher_is_better=False)}")  # fmt: skip
+    rows = [[label, show([t[0] for t in ts]), show([t[1] for t in ts])] for label, ts in times.items()]
+    table(rows, ["view", "runs list shown", "first chart drawn"])
+    seeds, configs = (median([t[1] for t in times[k]]) for k in ("seed runs", "configuration runs"))
+    floor = median([t[0] for t in times["configuration runs"]])
+    print(f"seed-run view / configuration view, first chart: {seeds / configs:.1f}x"
+          + (" (at least: the seed-run view timed out)" if seeds >= args.timeout else ""))  # fmt: skip
+    print(f"configuration view: first chart {configs:.1f} s, {configs - floor:.1f} s after its runs list "
+          f"(target <= {TARGET:.0f} s) {verdict(configs, TARGET, higher_is_better=False)}")  # fmt: skip
     footer()
 
 

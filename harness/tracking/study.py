@@ -130,13 +130,13 @@ def _param_key(run: Any) -> str:
     return "p" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:15]
 
 
-def group_configurations(seeds: Sequence[Any]) -> dict[str, list[Any]]:
-    """Seed runs grouped by configuration: by ``CONFIGURATION_TAG`` when every run carries it, else (a store
+def group_configurations(seeds: Sequence[Any], key_tag: str = CONFIGURATION_TAG) -> dict[str, list[Any]]:
+    """Seed runs grouped by configuration: by the tag ``key_tag`` when every run carries it, else (a store
     that predates it, or a mix) by their params without ``seed``, so that one configuration never splits."""
-    tagged = all(CONFIGURATION_TAG in r.data.tags for r in seeds)
+    tagged = all(key_tag in r.data.tags for r in seeds)
     groups: dict[str, list[Any]] = {}
     for run in seeds:
-        key = run.data.tags[CONFIGURATION_TAG] if tagged else _param_key(run)
+        key = run.data.tags[key_tag] if tagged else _param_key(run)
         groups.setdefault(key, []).append(run)
     return groups
 
@@ -333,12 +333,7 @@ def write_configuration_runs(
     runs = all_runs(c, experiment_id, fast_path)
     old = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id and _is_configuration(r)]
     seeds = _once_per_seed(study_seed_runs(runs, parent_run_id))
-    if key_tag != CONFIGURATION_TAG:
-        groups: dict[str, list[Any]] = {}
-        for r in seeds:
-            groups.setdefault(r.data.tags.get(key_tag) or _param_key(r), []).append(r)
-    else:
-        groups = group_configurations(seeds)
+    groups = group_configurations(seeds, key_tag)
     if not groups:
         return []
     finished = [r.info.run_id for r in seeds if r.info.status == "FINISHED"]
@@ -361,9 +356,10 @@ def write_configuration_runs(
         rows = _metric_rows(band, summary(members, last), now)
         specs.append((names[key], start_tags(tags, parent_run_id)))
         writes.append((rows, common_params(members), members))
-    for run in old:
+    created = _write(uri, c, experiment_id, specs, writes, fast_path)
+    for run in old:  # only now: until the new runs hold the seeds, the old ones must keep them findable
         c.delete_run(run.info.run_id)
-    return _write(uri, c, experiment_id, specs, writes, fast_path)
+    return created
 
 
 def _write(uri: str, c: Any, experiment_id: str, specs: list, writes: list, fast_path: bool) -> list[str]:
@@ -422,11 +418,17 @@ def adopt_runs(uri: str, parent_run_id: str, run_ids: Iterable[str]) -> list[str
     adopted. Runs that are not FINISHED, are configuration runs, or already are the parent's are skipped.
 
     The lead calls it in a resumed job for the runs it skips, so the new sweep's configuration runs count
-    every seed once. One transaction on a SQL store, else one ``set_tag`` per tag."""
+    every seed once (several calls, one per resumed job, are fine). The runs are read in one query of the
+    parent's experiment; the tags written in one transaction on a SQL store, else one ``set_tag`` per tag."""
     c = client(uri)
+    wanted = list(dict.fromkeys(run_ids))
+    if not wanted:
+        return []
+    experiment_id = c.get_run(parent_run_id).info.experiment_id
+    known = {r.info.run_id: r for r in all_runs(c, experiment_id)}  # one read, not one get_run per run
     adopted: dict[str, dict[str, str]] = {}
-    for run_id in dict.fromkeys(run_ids):
-        run = c.get_run(run_id)
+    for run_id in wanted:
+        run = known.get(run_id) or c.get_run(run_id)
         tags = run.data.tags
         if run.info.status != "FINISHED" or tags.get(LEVEL_TAG) == CONFIGURATION_LEVEL:
             continue

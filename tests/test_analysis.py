@@ -345,7 +345,7 @@ def test_convergence_has_a_panel_per_pair_a_line_per_rule_and_marks_stopped_runs
     ax = g.axes_dict[("mse", "identity")]
     assert len(ax.get_lines()) >= 2  # one mean line per rule
     crosses = [c for c in ax.collections if isinstance(c, PathCollection)]  # scatter; the bands are polygons
-    assert len(crosses) == 1 and "1 diverged (stopped early) (of 6)" in ax.get_title()
+    assert len(crosses) == 1 and "\n1 diverged (stopped early)\n(of 6 runs)" in ax.get_title()
     assert "diverged" not in g.axes_dict[("bce", "sigmoid")].get_title()
     assert g.axes_dict[("bce", "sigmoid")].get_yscale() == "log"
 
@@ -363,7 +363,7 @@ def test_panel_titles_say_a_run_trained_on_with_an_undefined_loss_not_that_it_st
     )
     g = plots.convergence(frame, "train_loss")
     ax = g.axes_dict[("bce", "identity")]
-    assert ax.get_title().endswith("1 loss undefined at the end; 1 loss undefined on some epochs (of 6)")
+    assert ax.get_title().endswith("\n1 loss undefined at the end\n1 loss undefined on some epochs\n(of 6 runs)")
     crosses = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert len(crosses) == 1 and crosses[0].get_offsets()[0][0] == 11  # where its loss curve ends
     g = plots.convergence(frame, "test_accuracy", log=False)  # its accuracy is defined to the end: no ✕

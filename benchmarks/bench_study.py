@@ -9,7 +9,8 @@ Runs exactly what a user runs, in a fresh directory with its own SQLite store:
 
     python -m harness +experiment=xor_grid      (36 triples × 30 seeds = 1,080 runs, every epoch logged)
     python -m harness +experiment=mnist_grid    (36 triples × 10 seeds = 360 runs)
-    python -m harness +experiment=lr_fairness   (36 triples × 7 rates × 10 seeds = 2,520 runs)
+    python -m harness +experiment=lr_fairness   (36 triples × 9 rates × 5 tuning seeds + 36 × 20 = 2,340 runs)
+    python -m harness +experiment=mnist_lr      (9 triples × 6 rates × 3 tuning seeds + 9 × 20 = 342 runs)
 
 Each preset writes its report at the end of its sweep (``report.auto``), so a study's time includes it.
 The split is read from the command's output: "sweep" runs until the report's notebook starts executing,
@@ -31,8 +32,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import children_cpu, footer, header, python, set_blas_threads, table, verdict  # noqa: E402
 
-# preset -> (runs, target seconds), issue 12
-STUDIES = {"xor_grid": (1080, 120.0), "mnist_grid": (360, 120.0), "lr_fairness": (2520, 180.0)}
+# preset -> (runs, target seconds), issue 12 (the two rate studies: issue 19)
+STUDIES = {
+    "xor_grid": (1080, 120.0),
+    "mnist_grid": (360, 120.0),
+    "lr_fairness": (2340, 180.0),
+    "mnist_lr": (342, 300.0),
+}
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 # The launching process logs this as the report's notebook starts (after the sweep's last job and the report's
 # check of the store); joblib workers' own output can arrive late, so it is the reliable mark.

@@ -235,16 +235,22 @@ display(plots.details(f"All {{len(summary)}} runs (also the CSV artifact report/
 
 
 def assignment_cells() -> list[nbformat.NotebookNode]:
-    """HOOK for ``harness.report.assignment`` (written by another engineer): its ``assignment_answer()`` (an
-    object with ``.show()``, like :class:`harness.report.questions.Answer`) opens the questions. Until that module
-    exists, no cells; the lead may instead move this call or its cells wherever the answer belongs."""
+    """HOOK for ``harness.report.assignment`` (written by another engineer): its answer (an object with
+    ``.show()``, like :class:`harness.report.questions.Answer`: ``section()`` in main, ``assignment_answer()`` in
+    the brief) opens the questions. Until that module exists, no cells; the lead may instead move this call or its
+    cells wherever the answer belongs."""
+    import importlib
     import importlib.util
 
     if importlib.util.find_spec("harness.report.assignment") is None:
         return []
+    module = importlib.import_module("harness.report.assignment")
+    name = next((n for n in ("section", "assignment_answer") if callable(getattr(module, n, None))), None)
+    if name is None:
+        return []
     return [
         new_markdown_cell("## Ng's assignment"),
-        new_code_cell("from harness.report.assignment import assignment_answer\nassignment_answer().show()"),
+        new_code_cell(f"from harness.report.assignment import {name}\n{name}().show()"),
     ]
 
 

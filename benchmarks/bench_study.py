@@ -11,8 +11,8 @@ Runs exactly what a user runs, in a fresh directory with its own SQLite store:
     python -m harness +experiment=mnist_grid    (36 triples × 10 seeds = 360 runs)
     python -m harness +experiment=lr_fairness   (36 triples × 9 rates × 5 tuning seeds, then 20 evaluation seeds
                                                  at each triple's chosen rate: 2,340 runs)
-    python -m harness +experiment=mnist_lr      (9 triples × 5 rates × 4 tuning seeds, then 20 evaluation seeds:
-                                                 360 runs)
+    python -m harness +experiment=mnist_lr      (9 triples × 6 rates × 3 tuning seeds, then 20 evaluation seeds:
+                                                 342 runs)
 
 Each preset writes its report at the end of its sweep (``report.auto``), so a study's time includes it.
 The split is read from the command's output: "sweep" runs until the report's notebook starts executing,
@@ -40,7 +40,7 @@ STUDIES = {
     "xor_grid": (1080, 36, 45.0),
     "mnist_grid": (360, 36, 120.0),
     "lr_fairness": (2340, 324, 180.0),
-    "mnist_lr": (360, 45, 300.0),
+    "mnist_lr": (342, 54, 300.0),
 }
 READ_TARGET = {"xor_grid": 5.0}  # seconds to read the runs and histories back (issue 18)
 READ = (

@@ -346,7 +346,7 @@ def test_convergence_has_a_panel_per_pair_a_line_per_rule_and_marks_stopped_runs
     ax = g.axes_dict[("mse", "identity")]
     assert len(ax.get_lines()) >= 2  # one mean line per rule
     crosses = [c for c in ax.collections if isinstance(c, PathCollection)]  # scatter; the bands are polygons
-    assert len(crosses) == 1 and "1 diverged (stopped early) (of 6)" in ax.get_title()
+    assert len(crosses) == 1 and "\n1 diverged (stopped early)\n(of 6 runs)" in ax.get_title()
     assert "diverged" not in g.axes_dict[("bce", "sigmoid")].get_title()
     assert g.axes_dict[("bce", "sigmoid")].get_yscale() == "log"
 
@@ -364,7 +364,7 @@ def test_panel_titles_say_a_run_trained_on_with_an_undefined_loss_not_that_it_st
     )
     g = plots.convergence(frame, "train_loss")
     ax = g.axes_dict[("bce", "identity")]
-    assert ax.get_title().endswith("1 loss undefined at the end; 1 loss undefined on some epochs (of 6)")
+    assert ax.get_title().endswith("\n1 loss undefined at the end\n1 loss undefined on some epochs\n(of 6 runs)")
     crosses = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert len(crosses) == 1 and crosses[0].get_offsets()[0][0] == 11  # where its loss curve ends
     g = plots.convergence(frame, "test_accuracy", log=False)  # its accuracy is defined to the end: no ✕
@@ -491,10 +491,10 @@ def test_question_4_compares_each_mismatched_rule_with_the_exact_one_at_their_be
     lead, lines = questions._fairness(noisy, "mnist")
     acc = noisy.get("fair", "mse", "sigmoid", "ng", "final_accuracy")
     assert acc.short() == "inconclusive" and "1 inconclusive (no difference larger than ±" in lead
-    assert f"±{acc.detectable:.2g} in final accuracy: differences that large would have been found with 80% power" \
-        in lead and lead.startswith("On MNIST")  # fmt: skip
-    assert f"inconclusive overall: final accuracy inconclusive (no difference larger than ±{acc.detectable:.2g})" \
-        in lines[0]  # fmt: skip
+    mde = stats.size(acc.detectable)
+    assert f"±{mde} in final accuracy: differences that large would have been found with 80% power" in lead
+    assert lead.startswith("On MNIST")
+    assert f"inconclusive overall: final accuracy inconclusive (no difference larger than ±{mde})" in lines[0]
 
 
 def test_question_4_reads_a_two_stage_studys_tuning_and_evaluation_seeds():
@@ -558,6 +558,7 @@ def test_detectable_difference_is_the_hand_worked_paired_mde():
     # a stricter level (a BH cutoff 0.0025): t_0.99875,19 = 3.481 (table), so (3.481 + 0.861) × 0.1 / 4.3702 = 0.09936
     assert stats.detectable(20, 0.1, alpha=0.0025) == pytest.approx(0.09936, rel=1e-3)
     assert math.isnan(stats.detectable(1, 0.1)) and stats.detectable(20, 0.0) == 0.0
+    assert [stats.size(v) for v in (0.06759, 4.54, 123.4)] == ["0.068", "4.5", "123"]
 
 
 def test_an_inconclusive_verdict_says_how_large_a_difference_was_ruled_out():
@@ -567,7 +568,7 @@ def test_an_inconclusive_verdict_says_how_large_a_difference_was_ruled_out():
     stats.adjust([c])
     assert c.short() == "inconclusive" and c.level == 0.05  # a family of one, nothing found: (0 + 1)·α/1
     mde = stats.detectable(20, float(np.std(a - b, ddof=1)), 0.05)
-    assert f"no difference larger than ±{mde:.2g}" in c.verdict() and "80% power at n = 20" in c.verdict()
+    assert f"no difference larger than ±{stats.size(mde)}" in c.verdict() and "80% power at n = 20" in c.verdict()
 
 
 def test_adjust_sets_the_bh_level_the_next_discovery_would_have_needed():

@@ -162,3 +162,20 @@ def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_pat
                     if o.get("data", {}).get("text/markdown", "").startswith("**This study.**"))  # fmt: skip
     assert "3 runs of 1 (loss, output activation, δ rule) triples" in overview and "2 completed, 1 failed" in overview
     assert _artifacts(store, parent) == ["report/partial.html", "report/partial.ipynb", "report/runs.csv"]
+
+
+def test_the_assignment_hook_opens_the_questions_when_its_module_exists(monkeypatch):
+    import sys
+    import types
+
+    from harness.report import notebook
+
+    assert notebook.assignment_cells() == [] or "assignment" in notebook.assignment_cells()[1].source
+    module = types.ModuleType("harness.report.assignment")
+    module.section = lambda: None  # the name main's module uses
+    monkeypatch.setitem(sys.modules, "harness.report.assignment", module)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    heading, code = notebook.assignment_cells()
+    assert heading.source == "## Ng's assignment" and code.source.endswith("section().show()")
+    cells = [c.source for c in build("tiny", "sqlite:///tiny.db", "0123").cells]
+    assert cells.index("## Ng's assignment") < next(i for i, c in enumerate(cells) if c.startswith("## Question 1"))

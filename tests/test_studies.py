@@ -64,7 +64,7 @@ def grid(compose_cfg, name: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize(
     "name,jobs,seeds",
     [("xor_grid", 36 * 30, 30), ("mnist_grid", 36 * 10, 10), ("lr_fairness", 36 * 9 * 5, 5),
-     ("mnist_lr", 9 * 5 * 4, 4), ("slowdown", 4, 1), ("seed_xor", 20, 10)],
+     ("mnist_lr", 9 * 6 * 3, 3), ("slowdown", 4, 1), ("seed_xor", 20, 10)],
 )  # fmt: skip
 def test_preset_grid_sizes(compose_cfg, name, jobs, seeds):
     runs = grid(compose_cfg, name)
@@ -75,7 +75,7 @@ def test_preset_grid_sizes(compose_cfg, name, jobs, seeds):
     assert f"= {jobs:,} runs" in header, header
 
 
-@pytest.mark.parametrize("name,triples,rates", [("lr_fairness", 36, 9), ("mnist_lr", 9, 5)])
+@pytest.mark.parametrize("name,triples,rates", [("lr_fairness", 36, 9), ("mnist_lr", 9, 6)])
 def test_rate_studies_tune_a_log_spaced_grid_then_evaluate_20_seeds(compose_cfg, name, triples, rates):
     jobs = grid(compose_cfg, name)
     lrs = sorted({float(j["train.lr"]) for j in jobs})

@@ -53,8 +53,8 @@ BAD_LOSS = "Invalid configuration: loss='foo' is not a known option; allowed: bc
     [("lr_fairness", 1620, 1 + 2 + 3 + 2 + 8 + 4), ("slowdown", 4, 1 + 1 + 1), ("seed_xor", 20, 1 + 1 + 9)],
 )
 def test_presets_pass_with_one_composition_per_swept_value(preset, jobs, compositions):
-    # lr_fairness's first stage sweeps loss (3), activation (4), delta (3), train.lr (9), seed (5): the first values
-    # share one composition, every other value gets one; the 1,620 combinations are checked without composing.
+    # lr_fairness sweeps loss (3), activation (4), delta (3), train.lr (9), seed (5): the first values share
+    # one composition, every other value gets one; the 1,620 combinations (its stage 1) are checked without composing.
     assert check(f"+experiment={preset}") == (jobs, compositions)
 
 
@@ -100,7 +100,7 @@ def test_presets_pass_with_one_composition_per_swept_value(preset, jobs, composi
         (
             ["train.foo=1,2"],
             "Invalid configuration: train.foo is not a configuration key; "
-            "allowed: epochs, lr, batch_size, reduction, eval_every, l2, lr_by_loss, dtype.",
+            "allowed: epochs, lr, batch_size, reduction, eval_every, lr_by_loss, dtype.",
         ),
         (
             ["model={foo:1},{init_weight:1}"],

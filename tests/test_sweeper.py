@@ -31,9 +31,10 @@ def test_the_harness_sweeper_is_the_default_and_basic_is_one_override_away():
         basic = compose(config_name="config", overrides=["hydra/sweeper=basic"], return_hydra_config=True)
     assert default.hydra.sweeper._target_ == "hydra_plugins.harness_sweeper.harness_sweeper.HarnessSweeper"
     assert basic.hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-    # basic's options (params, max_batch_size), folding (tests/test_fold.py) and two stages (tests/test_two_stage.py)
+    # basic's options (params, max_batch_size), folding (tests/test_fold.py), two stages (tests/test_two_stage.py)
     extra = {"fold", "max_replicas", "evaluation_seeds", "only"}
     assert set(default.hydra.sweeper.keys()) == set(basic.hydra.sweeper.keys()) | extra
+    assert default.hydra.sweeper.evaluation_seeds == 0 and list(default.hydra.sweeper.only) == []  # one stage, all
     assert list(default.hydra.sweeper.fold) == ["seed", "train.lr"] and default.hydra.sweeper.max_replicas == 30
 
 

@@ -71,34 +71,30 @@ def test_stage_two_job_numbers_follow_stage_ones():
     assert folded[0][0] == "delta=ng" and tuning.shift_jobs([["delta=ng", "seed=2"]], 5) == [["delta=ng", "seed=2"]]
 
 
-def _sweeper(**kwargs) -> HarnessSweeper:
-    # The class as Hydra's plugin scan left it: composing a config (tests/test_sweeper.py) re-imports the module,
-    # and an instance of the class imported at collection would then fail BasicSweeper's super() call.
-    from hydra_plugins.harness_sweeper import harness_sweeper
-
-    return harness_sweeper.HarnessSweeper(None, **kwargs)
-
-
-def _split(sweeper: HarnessSweeper, params: list[str]) -> list[list[str]]:
+def _split(only: list[str], params: list[str]) -> tuple[HarnessSweeper, list[list[str]]]:
+    """The jobs the sweeper makes of ``params`` with ``hydra.sweeper.only=only`` (unfolded). Built with
+    ``__new__`` as in tests/test_sweeper.py: after Hydra's plugin scan re-imports basic_sweeper, its
+    ``__init__``'s ``super()`` no longer matches the class imported here."""
+    sweeper = HarnessSweeper.__new__(HarnessSweeper)
+    sweeper.fold, sweeper.max_replicas, sweeper.only = [], 30, [entry.split() for entry in only]
     parsed = OverridesParser.create().parse_overrides(params)
-    return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
+    return sweeper, [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
 
 
 def test_only_keeps_the_chosen_loss_activation_pairs(capsys):
     params = ["loss=mse,bce,cce", "activation=sigmoid,softmax", "delta=ng,chain"]
-    sweeper = _sweeper(fold=[], only=["loss=mse activation=sigmoid", "loss=cce activation=softmax"])
-    jobs = _split(sweeper, params)
+    sweeper, jobs = _split(["loss=mse activation=sigmoid", "loss=cce activation=softmax"], params)
     assert {(j[0], j[1]) for j in jobs} == {("loss=mse", "activation=sigmoid"), ("loss=cce", "activation=softmax")}
     assert len(jobs) == 4 and sweeper.stage_one == jobs
-    assert len(_split(_sweeper(fold=[]), params)) == 12  # no `only`: the full product
+    assert len(_split([], params)[1]) == 12  # no `only`: the full product
     with pytest.raises(SystemExit) as exit_:
-        _split(_sweeper(fold=[], only=["loss=mse activation=tanh"]), params)
+        _split(["loss=mse activation=tanh"], params)
     assert exit_.value.code == 2
     assert "harness: error: hydra.sweeper.only=['loss=mse activation=tanh'] matches none of the sweep's 12 jobs" in (
         capsys.readouterr().err
     )
     with pytest.raises(SystemExit) as exit_:
-        _sweeper(evaluation_seeds=-1)
+        HarnessSweeper(None, evaluation_seeds=-1)
     assert exit_.value.code == 2 and "must be 0 (one stage, the default) or a positive count" in capsys.readouterr().err
 
 

@@ -86,12 +86,15 @@ def convergence(frame: pd.DataFrame, metric: str = "train_loss", log: bool | Non
     if log:
         g.set(yscale="log")
     _mark_stopped(g, frame, metric)
+    lines = max(ax.get_title().count("\n") for ax in g.axes.flat)  # the counts under a panel's title
+    if lines:
+        g.figure.subplots_adjust(hspace=0.1 + 0.12 * lines)
     g.figure.suptitle(f"{metric} per epoch (mean and 95 % band over seeds; ✕ = where a run's {metric} ends: it "
-                      "diverged or its loss became undefined)", y=1.02)  # fmt: skip
+                      "diverged or its loss became undefined)", y=1.02 + 0.03 * lines)  # fmt: skip
     return g
 
 
-def what_happened(panel: pd.DataFrame) -> str:
+def what_happened(panel: pd.DataFrame, sep: str = "; ") -> str:
     """The runs of one panel that did not simply train to the end with a defined loss, each kind counted:
     ``3 diverged (stopped early); 27 loss undefined at the end; 2 loss undefined on some epochs`` ("" if none).
 
@@ -110,7 +113,7 @@ def what_happened(panel: pd.DataFrame) -> str:
         f"{undefined} loss undefined at the end" if undefined else "",
         f"{some} loss undefined on some epochs" if some else "",
     ]
-    return "; ".join(p for p in parts if p)
+    return sep.join(p for p in parts if p)
 
 
 def _mark_stopped(g: sns.FacetGrid, frame: pd.DataFrame, metric: str) -> None:
@@ -125,9 +128,9 @@ def _mark_stopped(g: sns.FacetGrid, frame: pd.DataFrame, metric: str) -> None:
         cut = last[(last["outcome"] == "diverged") | (last["epoch"].to_numpy() < last["run_id"].map(end).to_numpy())]
         if len(cut):
             ax.scatter(cut["epoch"], cut[metric], marker="x", color="red", s=30, zorder=5)
-        happened = what_happened(panel)
+        happened = what_happened(panel, sep="\n")  # one kind per line: a panel is narrow
         if happened:
-            ax.set_title(f"{ax.get_title()}\n{happened} (of {n_runs})", fontsize=7, color="red")
+            ax.set_title(f"{ax.get_title()}\n{happened}\n(of {n_runs} runs)", fontsize=7, color="red")
         if n_runs and not np.isfinite(panel[metric]).any():
             ax.text(0.5, 0.5, f"no finite {metric}:\n" + _outcomes(panel), transform=ax.transAxes,
                     ha="center", va="center", fontsize=8, color="red")  # fmt: skip

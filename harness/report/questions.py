@@ -527,11 +527,11 @@ def _rate(best: pd.DataFrame, key: tuple) -> str:
 def _undetected(cases: list[tuple[Comparison, Comparison | None]]) -> str:
     """For the inconclusive cases: the largest difference their inconclusive tests could have missed, per metric."""
     parts = []
-    for i, (unit, fmt) in enumerate((("in final accuracy", ".2g"), ("epochs to threshold", ".2g"))):
+    for i, unit in enumerate(("in final accuracy", "epochs to threshold")):
         open_ = [c for c in (case[i] for case in cases) if c is not None and c.short() == "inconclusive"]
         mdes = [c.detectable for c in open_ if math.isfinite(c.detectable)]
         if mdes:
-            parts.append(f"±{max(mdes):{fmt}} {unit}")
+            parts.append(f"±{stats.size(max(mdes))} {unit}")
     if not parts:
         return ""
     return (
@@ -553,7 +553,7 @@ def _per_metric(acc: Comparison, ep: Comparison | None) -> str:
         if c is None:
             continue
         mde = c.detectable
-        open_ = f"inconclusive (no difference larger than ±{mde:.2g})" if math.isfinite(mde) else "inconclusive"
+        open_ = f"inconclusive (no difference larger than ±{stats.size(mde)})" if math.isfinite(mde) else "inconclusive"
         parts.append(f"{unit} {'equivalent' if c.short() == 'equivalent' else open_}")
     return "inconclusive overall: " + "; ".join(parts)
 

@@ -215,7 +215,7 @@ class Comparison:
         if not math.isfinite(mde):
             return "no difference detected (too few finite pairs to say how large one could have been missed)"
         return (
-            f"no difference larger than ±{mde:.2g} (a mean difference that large would have been found with "
+            f"no difference larger than ±{size(mde)} (a mean difference that large would have been found with "
             f"{POWER:.0%} power at n = {self.effect.n}, level {self.level:.2g}; a smaller one may be missed)"
         )
 
@@ -246,6 +246,11 @@ class Comparison:
                 else " (no pair where both reached it)"
             )
         return f"`{self.a}` − `{self.b}` = {effect} over n = {self.n} seed pairs{never}{drop} — {self.verdict()}."
+
+
+def size(v: float) -> str:
+    """A difference in a sentence: two significant digits (0.033, 4.5), whole from 100 on (120, not 1.2e+02)."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2g}"
 
 
 def detectable(n: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:

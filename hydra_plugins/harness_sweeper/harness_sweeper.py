@@ -71,16 +71,16 @@ class HarnessSweeper(BasicSweeper):
         evaluation_seeds: int = 0,
         only: list[str] | None = None,
     ) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
         if evaluation_seeds < 0:
             _refuse(
                 f"hydra.sweeper.evaluation_seeds={evaluation_seeds}: the number of evaluation seeds of a second "
                 "stage must be 0 (one stage, the default) or a positive count, e.g. 20."
             )
+        super().__init__(max_batch_size=max_batch_size, params=params)
         self.fold = list(fold) if fold is not None else []
         self.max_replicas = max_replicas
         self.evaluation_seeds = evaluation_seeds
-        self.only = [entry.split() for entry in only or []]
+        self.only = [entry.split() for entry in only or []]  # each entry: the overrides a kept job must all have
         self.stage_one: list[list[str]] = []  # the unfolded jobs of the sweep as given (stage 1 of two)
 
     def split_arguments(self, overrides: list[Any], max_batch_size: int | None) -> list[list[list[str]]]:

@@ -100,7 +100,7 @@ def test_presets_pass_with_one_composition_per_swept_value(preset, jobs, composi
         (
             ["train.foo=1,2"],
             "Invalid configuration: train.foo is not a configuration key; "
-            "allowed: epochs, lr, batch_size, reduction, eval_every, lr_by_loss, dtype.",
+            "allowed: epochs, lr, batch_size, reduction, eval_every, l2, lr_by_loss, dtype.",
         ),
         (
             ["model={foo:1},{init_weight:1}"],

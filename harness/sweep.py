@@ -200,7 +200,7 @@ def validate_sweep(config: DictConfig) -> int:
 
     sweeper = config.hydra.sweeper
     if "fold" in sweeper:  # the harness sweeper's own keys: checked here, before the parent run exists
-        problem = fold_problem(list(sweeper.fold), sweeper.get("max_replicas", 30))
+        problem = fold_problem(list(sweeper.fold), sweeper.get("max_replicas", 30)) or stage_problem(config)
         if problem:
             raise ConfigError(f"Invalid sweep: {problem}")
     name = config.hydra.job.config_name
@@ -371,19 +371,46 @@ def _tuning_seeds(config: DictConfig) -> int:
     return len(dict(sweep_params(config)[1]).get("seed", ["0"]))
 
 
-def planned_total(config: DictConfig) -> int:
-    """The runs the sweep will train (the progress bar's total): every combination of swept values that
-    ``hydra.sweeper.only`` keeps, plus a two-stage study's evaluation runs (:func:`harness.fold.planned_runs`)."""
+def planned_jobs(config: DictConfig) -> tuple[list[list[str]], int]:
+    """The sweep's unfolded jobs (override lists) that ``hydra.sweeper.only`` keeps, and how many there are in
+    all, as the harness sweeper makes them."""
     import itertools
 
-    from harness.fold import planned_runs, select_only
+    from harness.fold import select_only
     from harness.sweep_check import sweep_params
 
     fixed, swept = sweep_params(config)
     jobs = [[*fixed, *(f"{k}={v}" for k, v in zip([k for k, _ in swept], combo))]
             for combo in itertools.product(*(values for _, values in swept))]  # fmt: skip
     only = [entry.split() for entry in config.hydra.sweeper.get("only") or []]
-    return planned_runs(select_only(jobs, only), config.hydra.sweeper.get("evaluation_seeds") or 0)
+    return select_only(jobs, only), len(jobs)
+
+
+def planned_total(config: DictConfig) -> int:
+    """The runs the sweep will train (the progress bar's total): the jobs ``hydra.sweeper.only`` keeps, plus a
+    two-stage study's evaluation runs (:func:`harness.fold.planned_runs`)."""
+    from harness.fold import planned_runs
+
+    return planned_runs(planned_jobs(config)[0], config.hydra.sweeper.get("evaluation_seeds") or 0)
+
+
+def stage_problem(config: DictConfig) -> str | None:
+    """What is wrong with ``hydra.sweeper.evaluation_seeds`` / ``only`` (one paragraph), or None."""
+    sweeper = config.hydra.sweeper
+    seeds = sweeper.get("evaluation_seeds") or 0
+    if seeds < 0:
+        return (
+            f"hydra.sweeper.evaluation_seeds={seeds}: the number of evaluation seeds of a second stage must be 0 "
+            "(one stage, the default) or a positive count, e.g. 20."
+        )
+    kept, total = planned_jobs(config)
+    if sweeper.get("only") and not kept:
+        return (
+            f"hydra.sweeper.only={list(sweeper.only)} matches none of the sweep's {total} jobs: each entry is a "
+            "space-separated list of key=value overrides, all of which a job must have (e.g. "
+            "'loss=cce activation=softmax', written as the sweep writes them)."
+        )
+    return None
 
 
 def _best_effort(what: str, fn: Callable[[], None]) -> None:

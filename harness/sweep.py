@@ -125,7 +125,8 @@ def shown_overrides(overrides: Any) -> str:
 
     def shown(override: str) -> str:
         key, sep, value = override.partition("=")
-        return f"{key}{sep}{redact_uri(value)}" if "://" in value else override
+        plain = value.replace("\\", "")  # a job's overrides come escaped by Hydra: postgresql\://user\:secret@...
+        return f"{key}{sep}{redact_uri(plain)}" if "://" in plain else override
 
     return " ".join(shown(o) for o in overrides)
 

@@ -138,11 +138,13 @@ def test_sweep_end_to_end(tmp_path):
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("harness")
     runs = c.search_runs([exp.experiment_id])
-    assert len(runs) == 5
+    assert len(runs) == 1 + 4 + 4  # the parent, a configuration run per (loss, rate), a seed run each
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    configurations = {r.info.run_id: r for r in runs if r.data.tags.get("harness.level") == "configuration"}
+    children = [r for r in runs if r.data.tags.get("harness.level") == "seed"]
+    assert len(parents) == 1 and len(configurations) == 4 and len(children) == 4
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in configurations.values())
+    assert all(r.data.tags["mlflow.parentRunId"] in configurations for r in children)  # nested under their config
     assert {r.info.status for r in runs} == {"FINISHED"}
     by_name = {r.info.run_name: r for r in children}  # seed and swept rate in the name: runs told apart
     assert set(by_name) == {f"{lo}-sigmoid-ng-s0-lr{lr}" for lo in ("bce", "mse") for lr in (2, 8)}
@@ -164,7 +166,9 @@ def test_sweep_end_to_end(tmp_path):
         assert run.data.metrics.get("epochs_to_threshold") == (reached[0] if reached else None)
         assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["config.yaml"]
         assert run.inputs.dataset_inputs[0].dataset.name == "xor"
-    # the last line: the sweep's dashboard, a view saved on the experiment under the parent's key
+    # the study's table, then the last line: the sweep's dashboard, a view saved on the experiment under the
+    # parent's key
+    assert "4 configurations, 4 seed runs" in p.stdout
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith(f"dashboard: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?")
     key = f"sweep-{parents[0].info.run_id}"
@@ -274,3 +278,15 @@ def test_a_model_too_large_or_a_bad_fold_stops_before_any_run(tmp_path, args, me
     (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("harness: error:")]
     assert message in line
     assert "dashboard" not in p.stdout and not (tmp_path / "mlflow.db").exists()  # no store, no parent run
+
+
+def test_overrides_are_shown_and_stored_with_the_password_masked():
+    from harness.sweep import shown_overrides
+
+    # as the command line gives them, and as Hydra hands them to a job (its ':' escaped)
+    plain = ["loss=bce", "tracking.uri=postgresql://harness:s3cret-pw@db:5432/study"]
+    escaped = ["loss=bce", "tracking.uri=postgresql\\://harness\\:s3cret-pw@db\\:5432/study"]
+    for overrides in (plain, escaped):
+        shown = shown_overrides(overrides)
+        assert "s3cret-pw" not in shown and shown.startswith("loss=bce tracking.uri=postgresql://harness:***@db")
+    assert shown_overrides(["seed=3", "tracking.uri=sqlite:///x.db"]) == "seed=3 tracking.uri=sqlite:///x.db"

@@ -118,7 +118,7 @@ def test_a_joblib_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path,
     pids = query(postgres_uri, "select count(distinct value) from tags where key = 'harness.pid'")[0][0]
     assert pids >= 2, p.stdout  # the launching process and at least one worker
     statuses = dict(query(postgres_uri, "select status, count(*) from runs group by status"))
-    assert statuses == {"FINISHED": 9}  # 8 runs and their parent
+    assert statuses == {"FINISHED": 13}  # 8 seed runs, their 4 configuration runs (2 seeds each) and the parent
 
 
 def test_a_ray_sweep_into_postgresql_leaves_the_sqlite_sweeps_store(tmp_path, postgres_uri, sqlite_reference):
@@ -210,7 +210,8 @@ def test_the_report_and_the_dashboard_read_from_postgresql(tmp_path, postgres_ur
     assert f"viewStateShareKey={key}&compareRunsMode=CHART" in p.stdout
     views = dict(query(postgres_uri, "select key, value from experiment_tags where experiment_id = %s "
                        "and key like 'mlflow.sharedViewState.%%'", int(experiment)))  # fmt: skip
-    assert set(views) == {f"mlflow.sharedViewState.{key}", f"mlflow.sharedViewState.{key}-triples"}
+    # the configurations' view, and one per rate (slowdown ties each cost to its own rate)
+    assert set(views) == {f"mlflow.sharedViewState.{key}{suffix}" for suffix in ("", "-lr0.005", "-lr0.15")}
     assert parent_id in decode_view(views[f"mlflow.sharedViewState.{key}"])["searchFilter"]
     url = create_dashboard(postgres_uri, experiment, parent_id, name="again")
     assert url.endswith(f"/#/experiments/{experiment}/runs?viewStateShareKey={key}&compareRunsMode=CHART")

@@ -70,7 +70,12 @@ def _on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
 
     from conftest import harness_env
 
+    import fcntl
+    import struct
+    import termios
+
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 × 0: no bar fits
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env=harness_env(),
                             stdout=subprocess.DEVNULL, stderr=slave)  # fmt: skip
     os.close(slave)

@@ -44,10 +44,11 @@ def test_ray_sweep_into_an_mlflow_server(tmp_path, server, ray_head):
     c = MlflowClient(server.uri)
     runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(kids) == 4
+    kids = [r for r in runs if r.data.tags.get("harness.level") == "seed"]
+    configurations = {r.info.run_id for r in runs if r.data.tags.get("harness.level") == "configuration"}
+    assert len(parents) == 1 and len(kids) == 4 and len(configurations) == 2  # bce and mse, 2 seeds each
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == configurations  # nested under their configuration
     assert sorted((r.data.params["loss"], r.data.params["seed"]) for r in kids) == [
         ("bce", "0"), ("bce", "1"), ("mse", "0"), ("mse", "1")
     ]  # fmt: skip

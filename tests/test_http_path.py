@@ -43,8 +43,10 @@ def test_a_folded_job_over_http_sends_the_fewest_requests(compose_cfg, tmp_path,
     monkeypatch.setattr(Run.__init__, "__defaults__", (math.inf, *Run.__init__.__defaults__[1:]))
     server = MlflowServer(tmp_path).start()
     try:
-        cfgs = [compose_cfg(f"tracking.uri={server.uri}", f"train.epochs={EPOCHS}", "train.eval_every=1", f"seed={s}")
-                for s in range(RUNS)]  # fmt: skip  (every epoch: the most values the path can get)
+        cfgs = [
+            compose_cfg(f"tracking.uri={server.uri}", f"train.epochs={EPOCHS}", "train.eval_every=1", f"seed={s}")
+            for s in range(RUNS)
+        ]  # fmt: skip  (every epoch: the most values the path can get)
         results = run_replicas(cfgs)
         sent = list(requests_sent)
         c, logged = MlflowClient(server.uri), {}

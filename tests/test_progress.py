@@ -63,16 +63,15 @@ def test_the_bar_never_passes_the_total(store):
 def _on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
     """``python -m harness ARGS`` with its stderr on a pseudo-terminal (tqdm draws bars on terminals only);
     returns the exit status and everything written to the terminal."""
+    import fcntl
     import os
     import pty
+    import struct
     import subprocess
     import sys
+    import termios
 
     from conftest import harness_env
-
-    import fcntl
-    import struct
-    import termios
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 × 0: no bar fits

@@ -121,14 +121,9 @@ def run_tags(rep: Any) -> dict[str, str]:
 
 def shown_overrides(overrides: Any) -> str:
     """Overrides as one line to print or store, every URI's password masked (``tracking.uri=...``)."""
-    from harness.tracking import redact_uri
+    from harness.tracking import redact_overrides
 
-    def shown(override: str) -> str:
-        key, sep, value = override.partition("=")
-        plain = value.replace("\\", "")  # a job's overrides come escaped by Hydra: postgresql\://user\:secret@...
-        return f"{key}{sep}{redact_uri(plain)}" if "://" in plain else override
-
-    return " ".join(shown(o) for o in overrides)
+    return " ".join(redact_overrides(overrides))
 
 
 @lru_cache(maxsize=8)

@@ -226,7 +226,7 @@ def test_tracking_server_down_mid_sweep_loses_no_run(tmp_path):
         c = MlflowClient(server.uri)
         runs = c.search_runs([c.get_experiment_by_name("harness").experiment_id])
         kids = children(runs)
-        assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
+        assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}  # 4 seeds, their configuration, parent
         assert sorted(int(r.data.params["seed"]) for r in kids) == [0, 1, 2, 3]
         for r in kids:
             for metric in ("train_loss", "test_accuracy", "grad_cosine"):

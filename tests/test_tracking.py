@@ -225,7 +225,8 @@ def test_a_run_job_into_an_http_server_uses_log_batch(compose_cfg, tmp_path, mon
     monkeypatch.setattr(mlflow_sql, "write", no_sql)
     server = MlflowServer(tmp_path).start()
     try:
-        result = run_job(compose_cfg(f"tracking.uri={server.uri}", "train.epochs=300"))  # 1,505 values
+        every = ("train.epochs=300", "train.eval_every=1")  # 301 steps × 6 metrics: more than one batch
+        result = run_job(compose_cfg(f"tracking.uri={server.uri}", *every))
         c = MlflowClient(server.uri)
         run = c.get_run(result["run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["outcome"] == result["outcome"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.report import stats
+from harness.tracking import redact_overrides
 
 FOLDED = ("seed", "train.lr")  # the keys stage 2 sets itself; every other override of a job is kept
 
@@ -81,7 +82,7 @@ def evaluation_jobs(stage_one: Sequence[Sequence[str]], summary: pd.DataFrame, n
     }
     jobs, skipped = [], []
     for other in dict.fromkeys(rest(j) for j in stage_one):
-        lr = rate.get(triple_of.get(other))  # type: ignore[arg-type]
+        lr = rate.get(triple_of.get(tuple(redact_overrides(other))))  # type: ignore[arg-type]  (runs store them so)
         if lr is None:
             skipped.append(" ".join(other))
             continue

@@ -20,7 +20,7 @@ from harness.tracking.queries import (
 )
 from harness.tracking.run import Run, RunGroup, client, ensure_experiment, resolve_uri
 from harness.tracking.store_check import StoreError, check_store
-from harness.tracking.uri import redact_uri
+from harness.tracking.uri import redact_overrides, redact_uri
 
 __all__ = [
     "Run",
@@ -36,6 +36,7 @@ __all__ = [
     "find_finished",
     "find_sweep_parent",
     "histories",
+    "redact_overrides",
     "redact_uri",
     "resolve_uri",
     "run_url",

@@ -8,6 +8,7 @@ A tracking URI may carry a password (``postgresql://harness:secret@db:5432/mlflo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 MASK = "***"
 # Query or conninfo keys whose value is a secret (matched case-insensitively).
@@ -33,3 +34,16 @@ def redact_uri(uri: str) -> str:
             user = body[:at].split(":", 1)[0]
             text = f"{scheme}{user}:{MASK}@{body[at + 1 :]}"
     return _SECRET_VALUE.sub(lambda s: s.group(1) + (MASK if s.group(2) else ""), text)
+
+
+def redact_overrides(overrides: Iterable[str]) -> list[str]:
+    """Hydra overrides with every URI's password masked (``tracking.uri=postgresql://user:***@host/db``), whether
+    written as on the command line or as Hydra hands them to a job (``postgresql\\://user\\:secret@...``, its
+    ``:`` escaped: an override holding a URI comes back unescaped)."""
+
+    def shown(override: str) -> str:
+        key, sep, value = override.partition("=")
+        plain = value.replace("\\", "")
+        return f"{key}{sep}{redact_uri(plain)}" if "://" in plain else override
+
+    return [shown(o) for o in overrides]

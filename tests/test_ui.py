@@ -62,11 +62,15 @@ def test_mlflow_ui_lists_the_sweep_nested_with_names_and_pairing(tmp_path, ui):
         page.goto(f"{ui.uri}/#/experiments/{exp.experiment_id}/runs")
         parent_row = page.get_by_role("row").filter(has_text="sweep")
         expect(parent_row).to_have_count(1)
-        # Nested: the children are hidden under the collapsed parent until it is expanded.
-        expect(page.get_by_text("bce-sigmoid-ng-s0", exact=True)).to_have_count(0)
+        # Nested: parent -> its configuration runs -> their seed runs, each level hidden until expanded.
+        expect(page.get_by_text("mse-sigmoid-ng", exact=True)).to_have_count(0)
         parent_row.locator(EXPANDER).click()
-        for name in ("bce-sigmoid-ng-s0", "mse-sigmoid-ng-s0"):
-            expect(page.get_by_role("row").filter(has_text=name)).to_have_count(1)
+        config_row = page.get_by_role("row").filter(has=page.get_by_text("mse-sigmoid-ng", exact=True))
+        expect(config_row).to_have_count(1)
+        expect(page.get_by_role("row").filter(has=page.get_by_text("bce-sigmoid-ng", exact=True))).to_have_count(1)
+        expect(page.get_by_text("mse-sigmoid-ng-s0", exact=True)).to_have_count(0)
+        config_row.locator(EXPANDER).click()
+        expect(page.get_by_role("row").filter(has_text="mse-sigmoid-ng-s0")).to_have_count(1)
         page.screenshot(path=out / "runs-table.png")
 
         # A child's page: its pairing tag and its parent run.
@@ -76,7 +80,7 @@ def test_mlflow_ui_lists_the_sweep_nested_with_names_and_pairing(tmp_path, ui):
         expect(page.get_by_text("pairing").first).to_be_visible()
         expect(page.get_by_text("mismatched").first).to_be_visible()
         expect(page.get_by_text("Parent run").first).to_be_visible()
-        expect(page.get_by_role("link", name="sweep")).to_have_count(1)
+        expect(page.get_by_role("link", name="mse-sigmoid-ng", exact=True)).to_have_count(1)  # its configuration
         page.screenshot(path=out / "child-run.png", full_page=True)
         browser.close()
     print(f"UI screenshots: {out / 'runs-table.png'} {out / 'child-run.png'}")

@@ -92,7 +92,7 @@ def test_a_shrunk_study_its_report_and_gradcheck_from_the_wheel(venv, tmp_path):
     run(venv, tmp_path, "-m", "harness", "+experiment=seed_xor", "seed=0", "train.epochs=200")
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("seed_xor").experiment_id])
-    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # parent, nielsen and ng: seed + configuration
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # parent; nielsen, ng: seed + config
     report = tmp_path / "reports" / "seed_xor.html"
     assert report.stat().st_size > 0
     report.unlink()

@@ -164,18 +164,12 @@ def test_the_report_is_written_when_some_jobs_failed(compose_cfg, store, tmp_pat
     assert _artifacts(store, parent) == ["report/partial.html", "report/partial.ipynb", "report/runs.csv"]
 
 
-def test_the_assignment_hook_opens_the_questions_when_its_module_exists(monkeypatch):
-    import sys
-    import types
-
+def test_the_report_opens_its_questions_with_ngs_assignment():
     from harness.report import notebook
+    from harness.report.assignment import QUESTION
 
-    assert notebook.assignment_cells() == [] or "assignment" in notebook.assignment_cells()[1].source
-    module = types.ModuleType("harness.report.assignment")
-    module.section = lambda: None  # the name main's module uses
-    monkeypatch.setitem(sys.modules, "harness.report.assignment", module)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
     heading, code = notebook.assignment_cells()
-    assert heading.source == "## Ng's assignment" and code.source.endswith("section().show()")
+    assert heading.source == f"## Ng's assignment\n\n> {QUESTION}" and code.source.endswith("section().show()")
     cells = [c.source for c in build("tiny", "sqlite:///tiny.db", "0123").cells]
-    assert cells.index("## Ng's assignment") < next(i for i, c in enumerate(cells) if c.startswith("## Question 1"))
+    first = next(i for i, c in enumerate(cells) if c.startswith("## Ng's assignment"))
+    assert first < next(i for i, c in enumerate(cells) if c.startswith("## Question 1"))

@@ -10,14 +10,16 @@ Each store gets the same real command, in a fresh temporary directory:
     python -m harness +experiment=xor_grid report.auto=false hydra/launcher=joblib hydra.launcher.n_jobs=2 \\
         'seed=range(5)' tracking.uri=<store>
 
-(36 triples × 5 seeds = 180 runs, 1,001 epochs each, 6 metrics per epoch; the runs of a triple's seeds are one
+(36 triples × 5 seeds = 180 runs, 1,000 epochs each, the lean metric stream: 150 logged steps × 6 metrics, and
+the 36 configuration runs the sweep writes at its end; the runs of a triple's seeds are one
 folded job.) Each store is fresh and empty but already has MLflow's schema (made before the clock starts, as a
 running server's is), so every contender pays the same: the sweep. Without ``--postgres-uri`` the script starts
 its own PostgreSQL cluster (Debian's ``postgresql`` package, tests/servers.py) and removes it at the end; with it,
 the URI's role needs CREATEDB (each contender gets a database of its own, dropped afterwards). The MLflow servers
 are ``mlflow server --workers 1`` on 127.0.0.1, started before and stopped after their sweep.
 
-Afterwards every store is checked (180 FINISHED child runs, none RUNNING, the same number of metric rows in all).
+Afterwards every store is checked (180 FINISHED seed runs and 36 configuration runs, none RUNNING, the same
+number of metric rows in all).
 Columns: wall time of the sweep, CPU time of the sweep's processes, of the MLflow server (HTTP only) and of the
 PostgreSQL server (its postmaster and backends; only for the cluster this script started).
 """
@@ -200,7 +202,7 @@ def main() -> None:
         parser.error(f"--stores: a comma-separated list of {', '.join(STORES)}, with sqlite (the reference)")
     set_blas_threads(args.blas_threads)
     sweep = SWEEP + (QUICK if args.quick else FULL)
-    expected_runs = 36 if args.quick else 180
+    expected_runs = (36 if args.quick else 180) + 36  # the seed runs and the study's 36 configuration runs
     header("One XOR sweep into four tracking stores", ("numpy", "mlflow", "hydra-core", "sqlalchemy", "psycopg"),
            sweep=" ".join(sweep), repeats=args.repeats, mlflow_server="--workers 1")  # fmt: skip
     pg = Postgres(args.postgres_uri)

@@ -100,7 +100,22 @@ class Postgres:
         try:
             yield make_url(self.uri).set(database=name).render_as_string(hide_password=False)
         finally:
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        """Drop a contender's database. Right after a sweep's bulk inserts an autovacuum worker (a superuser's
+        process, which a non-superuser role may not terminate) can hold it: wait and retry, then leave it to the
+        cluster's removal with a warning rather than lose the other stores' results."""
+        import psycopg
+
+        for attempt in range(5):
+            try:
+                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege as err:
+                error = err
+                time.sleep(2.0 * (attempt + 1))
+        print(f"WARNING: could not drop database {name}: {error}")
 
     def close(self) -> None:
         if self.server is not None:
